@@ -1,0 +1,167 @@
+"""K-FAC factor runs on disk: running sums, exact counts and metadata, in Orbax checkpoints.
+
+Layout of a factor run directory:
+  state/<step>/     Orbax CheckpointManager steps, each holding
+                      sums:  {"A": {input group id: Σ a aᵀ [d_in, d_in]}, "G": {site id: Σ g gᵀ [d_out, d_out]}}
+                      info:  JSON {"n_tokens", "windows_done", "steps", "complete"} (exact Python ints)
+  metadata.json     identity of the run (model fingerprint, corpus, mode, seed, sites, …) + progress
+
+Sums (never means) are stored so shards, hosts, resumed runs and corpora merge exactly; means are
+formed only when reading: A = Σ a aᵀ / n_tokens, G = Σ g gᵀ / n_tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from kfac_mem.treekeys import flatten, nest
+from models.sites import LinearSite
+
+FORMAT = "kfac-mem-factors-v1"
+METADATA = "metadata.json"
+
+
+@dataclasses.dataclass
+class FactorSums:
+    """Running sums: A by input group, G by site (arrays, possibly sharded jax.Arrays)."""
+
+    A: dict[str, Any]
+    G: dict[str, Any]
+
+    def tree(self) -> dict[str, Any]:
+        return {"A": nest(self.A), "G": nest(self.G)}
+
+    @classmethod
+    def from_tree(cls, tree: Mapping[str, Any]) -> FactorSums:
+        return cls(flatten(tree["A"]), flatten(tree["G"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Factor:
+    """Per-position means of one linear layer: A [d_in, d_in], G [d_out, d_out] (numpy)."""
+
+    site: LinearSite
+    A: np.ndarray
+    G: np.ndarray
+    n_tokens: int
+
+
+def site_to_dict(site: LinearSite) -> dict[str, Any]:
+    return dataclasses.asdict(site)
+
+
+def site_from_dict(d: Mapping[str, Any]) -> LinearSite:
+    return LinearSite(**d)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    if jax.process_index() != 0:
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_metadata(directory: str) -> dict[str, Any]:
+    path = os.path.join(directory, METADATA)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{directory}: no {METADATA}; not a factor run. Create one with `kfac-mem collect --out {directory}`."
+        )
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}.")
+    return meta
+
+
+def checkpoint_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(directory), "state"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, sums: FactorSums, info: dict[str, Any]) -> None:
+    """Write one atomic checkpoint (Orbax commits a step only once it is complete)."""
+    manager.save(step, args=ocp.args.Composite(sums=ocp.args.StandardSave(sums.tree()),
+                                                info=ocp.args.JsonSave(info)), force=True)
+    manager.wait_until_finished()
+
+
+def restore_state(manager: ocp.CheckpointManager, target: FactorSums | None = None,
+                  step: int | None = None) -> tuple[FactorSums, dict[str, Any]]:
+    """Restore sums (into `target`'s shapes/shardings if given, else as host numpy) and info."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{manager.directory}: no complete checkpoint to restore.")
+    if target is None:
+        meta = manager.item_metadata(step)["sums"]
+        abstract = jax.tree_util.tree_map(
+            lambda m: np.empty(m.shape, m.dtype), meta, is_leaf=lambda x: hasattr(x, "shape")
+        )
+        restore = ocp.args.StandardRestore(abstract)
+    else:
+        restore = ocp.args.StandardRestore(
+            jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target.tree())
+        )
+    out = manager.restore(step, args=ocp.args.Composite(sums=restore, info=ocp.args.JsonRestore()))
+    sums = jax.tree_util.tree_map(np.asarray, out["sums"]) if target is None else out["sums"]
+    return FactorSums.from_tree(sums), dict(out["info"])
+
+
+class FactorRun(Mapping[str, Factor]):
+    """`kfac_mem.load_factors(path)`: layer id -> Factor (means), plus the run's `metadata`."""
+
+    def __init__(self, directory: str):
+        self.directory = os.path.abspath(directory)
+        self.metadata = read_metadata(self.directory)
+        self.sites = {s["id"]: site_from_dict(s) for s in self.metadata["sites"]}
+        with checkpoint_manager(self.directory) as manager:
+            self.sums, self.info = restore_state(manager)
+        self.n_tokens = int(self.info["n_tokens"])
+        if self.n_tokens <= 0:
+            raise ValueError(f"{self.directory}: the run has seen no tokens yet; nothing to read.")
+
+    @property
+    def mode(self) -> str:
+        return self.metadata["mode"]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.info.get("complete"))
+
+    def __getitem__(self, site_id: str) -> Factor:
+        if site_id not in self.sites:
+            raise KeyError(
+                f"Layer `{site_id}` was not collected in {self.directory}; collected: {sorted(self.sites)}."
+            )
+        site = self.sites[site_id]
+        A = np.asarray(self.sums.A[site.input_group]) / self.n_tokens
+        G = np.asarray(self.sums.G[site_id]) / self.n_tokens
+        return Factor(site, A, G, self.n_tokens)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sites)
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    def __repr__(self) -> str:
+        return (f"FactorRun({self.directory!r}, {len(self)} layers, {self.n_tokens} tokens, "
+                f"mode={self.mode}, complete={self.complete})")
+
+
+def load_factors(path: str) -> FactorRun:
+    """Read a factor run: a mapping layer id -> Factor(A, G, n_tokens) with `.metadata`
+    (mode, model fingerprint, corpus, seed, …). A and G are per-position means."""
+    return FactorRun(path)

@@ -1,0 +1,105 @@
+"""Resolve logical axis names to `NamedSharding`s on a mesh.
+
+The rule table is data: a sequence of `(logical_name, mesh_axes)` pairs, where `mesh_axes` is a mesh
+axis name, a list of them, or None. A mesh axis is only used for a dimension it divides evenly
+(otherwise that dimension is replicated), so one table serves tiny test models and 7B models alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+Rules = Sequence[tuple[str, Any]]
+
+
+def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
+    if name is None:
+        return ()
+    for logical, mesh_axes in rules:
+        if logical == name:
+            if mesh_axes is None:
+                return ()
+            if isinstance(mesh_axes, str):
+                return (mesh_axes,)
+            return tuple(mesh_axes)
+    return ()
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
+) -> PartitionSpec:
+    """PartitionSpec for an array of `shape` whose dims carry `logical_axes`.
+
+    Each mesh axis is used at most once; mesh axes of size 1 are dropped; a mesh axis (or a group of
+    them) that does not divide the dimension is dropped so the dimension is replicated instead.
+    """
+    if len(logical_axes) != len(shape):
+        raise ValueError(
+            f"`logical_axes` {tuple(logical_axes)} has {len(logical_axes)} names but the array has "
+            f"shape {tuple(shape)}; give one name (or None) per dimension."
+        )
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(logical_axes, shape):
+        chosen = []
+        size = 1
+        for axis in _mesh_axes_for(name, rules):
+            if axis not in mesh.shape:
+                raise ValueError(
+                    f"Sharding rule maps logical axis `{name}` to mesh axis `{axis}`, but the mesh "
+                    f"has axes {tuple(mesh.shape)}. Fix the rule table or the mesh config."
+                )
+            n = mesh.shape[axis]
+            if axis in used or n == 1 or dim % (size * n) != 0:
+                continue
+            chosen.append(axis)
+            size *= n
+        used.update(chosen)
+        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return PartitionSpec(*spec)
+
+
+def logical_to_sharding(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
+) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
+
+
+def tree_shardings(logical_tree: Any, shape_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """Map a tree of logical-axis tuples and a matching tree of shapes to NamedShardings."""
+    return jax.tree_util.tree_map(
+        lambda axes, s: logical_to_sharding(axes, s.shape, mesh, rules),
+        logical_tree,
+        shape_tree,
+        is_leaf=lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x),
+    )
+
+
+_ACTIVATION_SHARDING: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
+    "activation_sharding", default=None
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh | None, rules: Rules | None) -> Iterator[None]:
+    """Within this context (entered *inside* the traced function), `constrain` is active."""
+    token = _ACTIVATION_SHARDING.set(None if mesh is None or rules is None else (mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATION_SHARDING.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """`with_sharding_constraint` by logical names; a no-op outside `activation_sharding`."""
+    ctx = _ACTIVATION_SHARDING.get()
+    if ctx is None or ctx[0].size == 1:
+        return x
+    mesh, rules = ctx
+    return jax.lax.with_sharding_constraint(x, logical_to_sharding(logical_axes, x.shape, mesh, rules))
