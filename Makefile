@@ -27,7 +27,7 @@ demo: install
 	$(BIN)/kfac-mem demo $(DEMO_FLAGS)
 
 test: install
-	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(BIN)/python -m pytest $(TEST_FLAGS)
+	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(BIN)/python -m pytest -m "not slow" $(TEST_FLAGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

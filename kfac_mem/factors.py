@@ -29,6 +29,7 @@ FORMAT = "kfac-mem-factors-v1"
 METADATA = "metadata.json"
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class FactorSums:
     """Running sums: A by input group, G by site (arrays, possibly sharded jax.Arrays)."""
@@ -88,18 +89,27 @@ def checkpoint_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointMa
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(directory), "state"),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers={"sums": ocp.StandardCheckpointHandler(), "info": ocp.JsonCheckpointHandler()},
     )
 
 
-def save_state(manager: ocp.CheckpointManager, step: int, sums: FactorSums, info: dict[str, Any]) -> None:
+def save_state(
+    manager: ocp.CheckpointManager, step: int, sums: FactorSums, info: dict[str, Any]
+) -> None:
     """Write one atomic checkpoint (Orbax commits a step only once it is complete)."""
-    manager.save(step, args=ocp.args.Composite(sums=ocp.args.StandardSave(sums.tree()),
-                                                info=ocp.args.JsonSave(info)), force=True)
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            sums=ocp.args.StandardSave(sums.tree()), info=ocp.args.JsonSave(info)
+        ),
+        force=True,
+    )
     manager.wait_until_finished()
 
 
-def restore_state(manager: ocp.CheckpointManager, target: FactorSums | None = None,
-                  step: int | None = None) -> tuple[FactorSums, dict[str, Any]]:
+def restore_state(
+    manager: ocp.CheckpointManager, target: FactorSums | None = None, step: int | None = None
+) -> tuple[FactorSums, dict[str, Any]]:
     """Restore sums (into `target`'s shapes/shardings if given, else as host numpy) and info."""
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -157,8 +167,10 @@ class FactorRun(Mapping[str, Factor]):
         return len(self.sites)
 
     def __repr__(self) -> str:
-        return (f"FactorRun({self.directory!r}, {len(self)} layers, {self.n_tokens} tokens, "
-                f"mode={self.mode}, complete={self.complete})")
+        return (
+            f"FactorRun({self.directory!r}, {len(self)} layers, {self.n_tokens} tokens, "
+            f"mode={self.mode}, complete={self.complete})"
+        )
 
 
 def load_factors(path: str) -> FactorRun:

@@ -20,8 +20,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from models.partitioning import Rules, logical_to_sharding, logical_to_spec
 
-__all__ = ["MeshConfig", "load_mesh_config", "make_mesh", "logical_to_sharding", "logical_to_spec",
-           "replicated", "data_axes"]
+__all__ = [
+    "MeshConfig",
+    "data_axes",
+    "load_mesh_config",
+    "logical_to_sharding",
+    "logical_to_spec",
+    "make_mesh",
+    "replicated",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +41,9 @@ class MeshConfig:
     def with_sizes(self, **sizes: int) -> MeshConfig:
         unknown = set(sizes) - set(self.mesh_axes)
         if unknown:
-            raise ValueError(f"Mesh axes {sorted(unknown)} not in this mesh config {self.mesh_axes}.")
+            raise ValueError(
+                f"Mesh axes {sorted(unknown)} not in this mesh config {self.mesh_axes}."
+            )
         shape = tuple((a, sizes.get(a, n)) for a, n in self.mesh_shape)
         return dataclasses.replace(self, mesh_shape=shape)
 
@@ -63,7 +72,10 @@ class MeshConfig:
         devices = list(jax.devices() if devices is None else devices)
         shape = self.resolve_shape(len(devices))
         if len(devices) == len(jax.devices()):
-            return jax.make_mesh(shape, self.mesh_axes, devices=devices)
+            return jax.make_mesh(
+                shape, self.mesh_axes, devices=devices,
+                axis_types=(jax.sharding.AxisType.Auto,) * len(self.mesh_axes),
+            )
         return Mesh(np.asarray(devices).reshape(shape), self.mesh_axes)
 
 
@@ -75,11 +87,20 @@ def load_mesh_config(name_or_path: str = "fsdp") -> MeshConfig:
         name = os.path.basename(name_or_path)
     else:
         try:
-            text = resources.files("kfac_mem.configs.mesh").joinpath(f"{name_or_path}.yaml").read_text()
+            text = (
+                resources.files("kfac_mem.configs.mesh")
+                .joinpath(f"{name_or_path}.yaml")
+                .read_text()
+            )
         except FileNotFoundError:
-            bundled = sorted(p.name[:-5] for p in resources.files("kfac_mem.configs.mesh").iterdir()
-                             if p.name.endswith(".yaml"))
-            raise ValueError(f"Unknown mesh config `{name_or_path}`: give a YAML path or one of {bundled}.") from None
+            bundled = sorted(
+                p.name[:-5]
+                for p in resources.files("kfac_mem.configs.mesh").iterdir()
+                if p.name.endswith(".yaml")
+            )
+            raise ValueError(
+                f"Unknown mesh config `{name_or_path}`: give a YAML path or one of {bundled}."
+            ) from None
         raw = yaml.safe_load(text)
         name = name_or_path
     unknown = set(raw) - {"mesh_axes", "mesh_shape", "logical_axis_rules"}
@@ -88,19 +109,29 @@ def load_mesh_config(name_or_path: str = "fsdp") -> MeshConfig:
     axes = tuple(raw["mesh_axes"])
     shape = raw.get("mesh_shape", {a: -1 if i == 0 else 1 for i, a in enumerate(axes)})
     if set(shape) != set(axes):
-        raise ValueError(f"Mesh config `{name}`: mesh_shape keys {sorted(shape)} must equal mesh_axes {axes}.")
+        raise ValueError(
+            f"Mesh config `{name}`: mesh_shape keys {sorted(shape)} must equal mesh_axes {axes}."
+        )
     rules = []
     for rule in raw.get("logical_axis_rules", []):
         logical, mesh_axes = rule
         for a in [mesh_axes] if isinstance(mesh_axes, str) else (mesh_axes or []):
             if a not in axes:
-                raise ValueError(f"Mesh config `{name}`: rule for `{logical}` names unknown mesh axis `{a}`.")
-        rules.append((logical, mesh_axes if mesh_axes is None or isinstance(mesh_axes, str) else tuple(mesh_axes)))
+                raise ValueError(
+                    f"Mesh config `{name}`: rule for `{logical}` names unknown mesh axis `{a}`."
+                )
+        rules.append(
+            (
+                logical,
+                mesh_axes if mesh_axes is None or isinstance(mesh_axes, str) else tuple(mesh_axes),
+            )
+        )
     return MeshConfig(axes, tuple((a, int(shape[a])) for a in axes), tuple(rules), name)
 
 
-def make_mesh(name_or_path: str = "fsdp", devices: Sequence[jax.Device] | None = None,
-              **sizes: int) -> tuple[Mesh, Rules]:
+def make_mesh(
+    name_or_path: str = "fsdp", devices: Sequence[jax.Device] | None = None, **sizes: int
+) -> tuple[Mesh, Rules]:
     """Build (mesh, rules) from a mesh config, optionally overriding axis sizes."""
     cfg = load_mesh_config(name_or_path)
     if sizes:

@@ -76,14 +76,19 @@ def fingerprint(params: Params, sample: int = 1 << 16) -> str:
         h.update(jax.tree_util.keystr(path).encode())
         h.update(str((leaf.shape, str(leaf.dtype))).encode())
         stride = max(1, leaf.size // sample)
-        values = np.asarray(jax.device_get(_strided(leaf, stride)))
+        mesh = getattr(leaf.sharding, "mesh", None)
+        values = np.asarray(_strided(leaf, stride, mesh).addressable_data(0))
         h.update(values.astype(np.float32).tobytes())
     return h.hexdigest()[:16]
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _strided(x, stride):
-    return x.reshape(-1)[::stride]
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _strided(x, stride, mesh):
+    """Every `stride`-th value of x, replicated (readable from any process)."""
+    y = x.reshape(-1)[::stride]
+    if mesh is None:
+        return y
+    return jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def freeze_rules(rules: Rules | None) -> tuple | None:

@@ -1,0 +1,151 @@
+"""`kfac-mem collect`: K-FAC factors A, G for selected linear layers in one pass over a corpus.
+
+Example:
+  kfac-mem collect --model DIR --data tokens.npy --mode empirical --layers 0,1 \
+      --projections gate,up,down --batch-size 2 --out factors/
+
+Rerunning the same command after an interruption continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from kfac_mem.cli import common
+
+MLP_DEFAULT = ("gate", "up", "down")
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="collect K-FAC factors (one streaming pass, resumable)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common.add_model_flags(p)
+    p.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help=".npy int array [windows, length] used as is, or text/jsonl files or directories",
+    )
+    p.add_argument(
+        "--text-field", default="text", help="jsonl field holding the text (default text)"
+    )
+    p.add_argument(
+        "--seq-len", type=int, default=512, help="window length for text corpora (default 512)"
+    )
+    p.add_argument(
+        "--layers", default=None, help="layer indices: 23,24 or 0-3 or all (default all)"
+    )
+    p.add_argument(
+        "--projections",
+        default=None,
+        help="gate,up,down (default) and/or q,k,v,o; 'all' for every linear layer",
+    )
+    p.add_argument(
+        "--layer-ids",
+        default=None,
+        help="comma-separated HF ids (overrides --layers/--projections)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("sampled", "empirical"),
+        default="sampled",
+        help="labels: sampled from the model (true Fisher, default) or the gold next tokens",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the label sampler (default 0)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="use at most this many tokens (windows x length)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="windows per step, across all devices")
+    p.add_argument(
+        "--accumulate",
+        choices=("float32", "float64"),
+        default="float32",
+        help="dtype of the running sums (float64 enables 64-bit JAX)",
+    )
+    p.add_argument(
+        "--vocab-chunk", type=int, default=8192, help="vocabulary chunk of the output loss"
+    )
+    p.add_argument("--save-every", type=int, default=100, help="batches between checkpoints")
+    p.add_argument(
+        "--reduce",
+        choices=("checkpoint", "step"),
+        default="checkpoint",
+        help="reduce per-device partial sums at checkpoints (fast; one full factor copy per "
+        "device) or every step (factor memory / device count)",
+    )
+    p.add_argument("--engine", choices=("native", "kfac-jax"), default="native")
+    p.add_argument(
+        "--out", required=True, help="factor run directory (created; resumed if it exists)"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    common.add_mesh_flags(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    common.init_distributed(args)
+    import jax
+
+    if args.accumulate == "float64":
+        jax.config.update("jax_enable_x64", True)
+    from kfac_mem.collect import CollectConfig, collect
+    from kfac_mem.data import load_windows
+    from kfac_mem.selection import select_sites
+
+    mesh, rules = common.mesh_from_args(args)
+    model = common.load_model(args, mesh, rules)
+    all_sites = model.linear_sites()
+    if args.layer_ids:
+        sites = select_sites(
+            all_sites, ids=[s.strip() for s in args.layer_ids.split(",") if s.strip()]
+        )
+    else:
+        projections = args.projections
+        if projections == "all":
+            projections = ",".join(dict.fromkeys(s.projection for s in all_sites))
+        num_layers = 1 + max(s.layer for s in all_sites)
+        layers, projs = common.parse_layer_selection(
+            args.layers, projections, num_layers, MLP_DEFAULT
+        )
+        sites = select_sites(all_sites, layers=layers, projections=projs)
+    windows = load_windows(
+        args.data, args.seq_len, model.tokenizer, args.max_tokens, args.text_field
+    )
+    config = CollectConfig(
+        mode=args.mode,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        accumulate_dtype=args.accumulate,
+        vocab_chunk=args.vocab_chunk,
+        save_every=args.save_every,
+        reduce=args.reduce,
+    )
+    common.write_resolved_config(
+        args.out, "collect", args, {"sites": [s.id for s in sites], "corpus": windows.describe()}
+    )
+    t0 = time.time()
+    run_ = collect(
+        model, windows, sites, args.out, config, engine=args.engine, progress=not args.no_progress
+    )
+    if jax.process_index() == 0:
+        elapsed = time.time() - t0
+        print(
+            f"collected {run_.n_tokens:,} positions ({run_.info['windows_done']:,} windows of "
+            f"{windows.seq_len}) for {len(sites)} layers in {elapsed:.1f} s "
+            f"({run_.n_tokens / max(elapsed, 1e-9):,.0f} positions/s this run), mode={args.mode}, "
+            f"on {jax.device_count()} devices"
+        )
+        if run_.info.get("dropped_windows"):
+            print(
+                f"note: {run_.info['dropped_windows']} trailing windows did not fill a batch and were skipped"
+            )
+        print(f"factors written to {run_.directory}")
+    return 0

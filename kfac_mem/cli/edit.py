@@ -1,0 +1,201 @@
+"""`kfac-mem edit`: remove low-curvature components of chosen weights (or run a control).
+
+  kfac-mem edit --model M --eigen runs/eigen --out runs/edited \
+      --layers-json '{"23": {"gate": 0.6, "up": 0.6}}' [--export-hf runs/edited-hf]
+
+Per matrix: keep the shortest descending-curvature prefix holding a fraction ρ of the curvature
+mass (ρ ≥ 0.9999: untouched), W' = U_G((U_Gᵀ W U_A) ⊙ M)U_Aᵀ, cast back. Controls: --method svd
+(value = fraction of bottom singular components dropped), band (value = [lo, hi] percent of
+components ranked by curvature, removed), random (the same kept set in random orthogonal bases).
+Writes the edited model (Orbax), report.json, config.yaml, and optionally an HF checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from kfac_mem.cli.common import (
+    add_mesh_flags,
+    add_model_flags,
+    init_distributed,
+    load_model,
+    mesh_from_args,
+    parse_layer_selection,
+    write_resolved_config,
+)
+
+
+def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name,
+        help="edit weights by K-FAC curvature mass (or a control)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_flags(p)
+    p.add_argument(
+        "--eigen",
+        default=None,
+        help="eigen run directory (`kfac-mem decompose --out`); not needed for svd",
+    )
+    p.add_argument("--out", required=True, help="directory for the edited model (Orbax) + report")
+    p.add_argument(
+        "--export-hf",
+        default=None,
+        metavar="DIR",
+        help="also write an HF checkpoint directory (config.json + model.safetensors)",
+    )
+    p.add_argument(
+        "--export-dtype",
+        default=None,
+        help="dtype of the HF export (default: the parameters' dtype)",
+    )
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument(
+        "--layers-json",
+        default=None,
+        help='per-matrix values, e.g. \'{"23": {"gate": 0.6, "up": 0.6}}\' '
+        "(a missing projection is untouched)",
+    )
+    g.add_argument("--layers-file", default=None, help="the same mapping in a JSON or YAML file")
+    g.add_argument(
+        "--layers",
+        default=None,
+        help="short form: layer indices (23,24 or 23-25) with --projections and --rho",
+    )
+    p.add_argument(
+        "--projections",
+        default="gate,up",
+        help="with --layers: projections to edit (default gate,up)",
+    )
+    p.add_argument(
+        "--rho",
+        default=None,
+        help="with --layers: the value for every matrix (ρ, a drop fraction, or lo,hi)",
+    )
+    p.add_argument("--method", choices=("kfac", "svd", "band", "random"), default="kfac")
+    p.add_argument(
+        "--eigenvalues",
+        choices=("kfac", "ekfac"),
+        default="kfac",
+        help="curvature per component: λ_i μ_j (kfac) or the eigen run's EK-FAC "
+        "corrected eigenvalues (ekfac)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("float32", "float64"),
+        default="float32",
+        help="working precision of the reconstruction (default float32)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-basis control")
+    p.add_argument(
+        "--no-rank",
+        action="store_true",
+        help="skip the numerical rank of each edited matrix (one SVD each)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
+    add_mesh_flags(p)
+    p.set_defaults(run=run)
+    return p
+
+
+def _plan(args: argparse.Namespace, model):
+    from kfac_mem.editing.plan import plan_from_file, plan_from_flags, plan_from_json
+
+    sites = model.linear_sites()
+    if args.layers_json is not None:
+        return plan_from_json(args.layers_json, sites)
+    if args.layers_file is not None:
+        return plan_from_file(args.layers_file, sites)
+    if args.rho is None:
+        raise ValueError("--layers needs --rho (the value for every listed matrix).")
+    parts = [float(x) for x in str(args.rho).split(",")]
+    value = parts[0] if len(parts) == 1 else tuple(parts)
+    layers, projs = parse_layer_selection(
+        args.layers, args.projections, model.config.num_layers, ("gate", "up")
+    )
+    return plan_from_flags(layers, projs, value, sites)
+
+
+def run(args: argparse.Namespace) -> int:
+    init_distributed(args)
+    from kfac_mem.editing.apply import EditOptions, apply_plan
+    from kfac_mem.editing.report import format_table
+    from kfac_mem.eigen_run import load_eigen
+    from kfac_mem.factors import write_json_atomic
+    from models import export_hf, save_model
+
+    out = os.path.abspath(args.out)
+    if os.path.isfile(os.path.join(out, "model_config.json")) and not args.overwrite:
+        raise FileExistsError(
+            f"{out} already holds a model checkpoint; pass --overwrite or choose another --out."
+        )
+    if args.method != "svd" and not args.eigen:
+        raise ValueError(f"--method {args.method} needs --eigen (run `kfac-mem decompose` first).")
+    eigen = load_eigen(args.eigen) if args.eigen else None
+    mesh, rules = mesh_from_args(args)
+    model = load_model(args, mesh, rules)
+    plan = _plan(args, model)
+    options = EditOptions(
+        method=args.method,
+        eigenvalues=args.eigenvalues,
+        precision=args.precision,
+        seed=args.seed,
+        compute_rank=not args.no_rank,
+    )
+    fingerprint = model.fingerprint()
+    warning = None
+    if eigen is not None and eigen.model_fingerprint not in (None, fingerprint):
+        warning = (
+            f"the eigen run's factors were collected on a model with fingerprint "
+            f"{eigen.model_fingerprint}, but --model has {fingerprint}; factors should come "
+            f"from the unedited model being edited."
+        )
+        print(f"kfac-mem edit: warning: {warning}", file=sys.stderr)
+    params, rows = apply_plan(model.params, model.linear_sites(), plan, eigen, options)
+    edited = model.with_params(params)
+    summary = {
+        "model": {
+            "source": model.source,
+            "fingerprint": fingerprint,
+            "edited_fingerprint": edited.fingerprint(),
+        },
+        "eigen": None
+        if eigen is None
+        else {
+            "path": eigen.directory,
+            "precision": eigen.precision,
+            "factor_run": eigen.factor_run,
+        },
+        "method": args.method,
+        "eigenvalues": args.eigenvalues,
+        "precision": args.precision,
+        "seed": args.seed,
+        "plan": plan.to_json(),
+        "warning": warning,
+        "matrices": rows,
+    }
+    save_model(
+        edited,
+        out,
+        metadata={"edit": {k: summary[k] for k in ("method", "eigenvalues", "plan", "eigen")}},
+        overwrite=args.overwrite,
+    )
+    if args.export_hf:
+        export_hf(
+            edited.config,
+            edited.params,
+            args.export_hf,
+            tokenizer=edited.tokenizer,
+            dtype=args.export_dtype,
+        )
+    write_json_atomic(os.path.join(out, "report.json"), summary)
+    write_resolved_config(out, "edit", args, extra={"plan": plan.to_json()})
+    print(format_table(rows))
+    print(
+        f"edited {sum(not r.get('untouched') for r in rows)} of {len(rows)} planned matrices "
+        f"-> {out}" + (f" (HF: {os.path.abspath(args.export_hf)})" if args.export_hf else "")
+    )
+    return 0

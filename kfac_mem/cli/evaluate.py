@@ -1,0 +1,144 @@
+"""`kfac-mem evaluate`: recitation, perplexity, nDCG and task groups for a model -> results.json."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kfac_mem.cli.common import (
+    add_mesh_flags,
+    add_model_flags,
+    init_distributed,
+    mesh_from_args,
+    write_resolved_config,
+)
+
+
+def parse_memorized(items: list[str]) -> dict[str, str]:
+    """`NAME=FILE.jsonl` (or a bare FILE, named by its stem) -> {name: path}."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            path, name = item, os.path.basename(item).split(".")[0]
+        if not name or not path:
+            raise ValueError(f"--memorized expects NAME=FILE.jsonl, got {item!r}.")
+        if name in out:
+            raise ValueError(f"--memorized: the name {name!r} is used twice; give NAME=FILE.")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--memorized {item}: {path} does not exist.")
+        out[name] = path
+    return out
+
+
+def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name,
+        help="evaluate memorization, perplexity, nDCG and task groups",
+        description="Run the evaluation suites on --model (optionally against --baseline, the "
+        "unedited model) and write DIR/results.json plus a per-example jsonl per "
+        "memorized set.",
+    )
+    add_model_flags(p)
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="the unedited model (same forms as --model): enables nDCG, baseline "
+        "columns and task retention (after / before)",
+    )
+    p.add_argument(
+        "--memorized",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.jsonl",
+        help="memorized-window set (jsonl rows with prefix_ids, suffix_ids); repeatable",
+    )
+    p.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="held-out text for perplexity/nDCG: .txt, .jsonl[.gz] (field --text-field), "
+        ".npy [N, L] token ids, or a bundled corpus name (lambada); repeatable; "
+        "default lambada",
+    )
+    p.add_argument(
+        "--text-field", default="text", help="jsonl field holding the text (default text)"
+    )
+    p.add_argument("--window", type=int, default=128, help="tokens per perplexity/nDCG window")
+    p.add_argument(
+        "--suites",
+        default="recitation,perplexity,ndcg,tasks",
+        help="comma-separated subset of recitation,perplexity,ndcg,tasks",
+    )
+    p.add_argument(
+        "--tasks",
+        default="all",
+        help="task groups (arithmetic, closed_book, open_book, logic) and/or task names",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="at most N rows per memorized set, windows per text, examples per task",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="rows per forward (default 8)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="token budget per task request (default min(model context, 2048))",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where nDCG baseline rankings are cached (default $KFAC_MEM_CACHE/ndcg or "
+        "~/.cache/kfac_mem/ndcg; '' disables)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_mesh_flags(p)
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from kfac_mem.evaluation import format_table, run_evaluation
+    from kfac_mem.evaluation.runner import parse_suites
+    from kfac_mem.evaluation.tasks import resolve_tasks
+    from models import load_pretrained
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+    suites = parse_suites(args.suites)
+    if "tasks" in suites:
+        resolve_tasks(args.tasks)  # fail on a bad name before loading anything
+    memorized = parse_memorized(args.memorized)
+    init_distributed(args)
+    mesh, rules = mesh_from_args(args)
+    model = load_pretrained(
+        args.model, mesh=mesh, rules=rules, dtype=args.dtype, param_dtype=args.param_dtype
+    )
+    baseline = None
+    if args.baseline:
+        baseline = load_pretrained(
+            args.baseline, mesh=mesh, rules=rules, dtype=args.dtype, param_dtype=args.param_dtype
+        )
+    write_resolved_config(args.out, "evaluate", args)
+    results = run_evaluation(
+        model,
+        baseline=baseline,
+        memorized=memorized,
+        texts=args.text or None,
+        suites=suites,
+        tasks=args.tasks,
+        limit=args.limit,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        window=args.window,
+        max_length=args.max_length,
+        cache_dir=args.cache_dir,
+        text_field=args.text_field,
+    )
+    print(format_table(results))
+    print(f"wrote {os.path.join(args.out, 'results.json')}")
+    return 0

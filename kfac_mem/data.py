@@ -1,0 +1,145 @@
+"""Corpora -> fixed windows of token ids.
+
+Accepted inputs:
+  * a `.npy` integer array [windows, length]: used as the windows exactly as given;
+  * plain text files (`.txt`, or any non-jsonl file), or `.jsonl` / `.jsonl.gz` with a text field,
+    or a directory of them: each document is tokenized (no special tokens), documents are
+    concatenated in order (no separators, as the reference release does) and cut into
+    non-overlapping windows of `seq_len`; the tail shorter than a window is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """Token windows [n, seq_len] (int32, possibly a memmap) with provenance."""
+
+    tokens: np.ndarray
+    sources: tuple[str, ...]
+    fingerprint: str
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def describe(self) -> dict:
+        return {
+            "sources": list(self.sources),
+            "fingerprint": self.fingerprint,
+            "n_windows": len(self),
+            "seq_len": self.seq_len,
+        }
+
+
+def array_fingerprint(a: np.ndarray) -> str:
+    h = hashlib.sha256(str((a.shape, str(a.dtype))).encode())
+    step = 1 << 22
+    flat = a.reshape(-1)
+    for i in range(0, flat.size, step):
+        h.update(np.ascontiguousarray(flat[i : i + step]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _files(paths: Sequence[str]) -> list[str]:
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            out.extend(
+                sorted(
+                    os.path.join(r, f)
+                    for r, _, fs in os.walk(p)
+                    for f in fs
+                    if not f.startswith(".")
+                )
+            )
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"--data {p}: no such file or directory.")
+    if not out:
+        raise FileNotFoundError(f"--data {list(paths)}: no files found.")
+    return out
+
+
+def iter_documents(paths: Sequence[str], text_field: str = "text") -> Iterator[str]:
+    """Documents from text files (one document per file) and jsonl files (one per line)."""
+    for path in _files(paths):
+        opener = gzip.open if path.endswith(".gz") else open
+        if path.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+            with opener(path, "rt", encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{lineno}: not valid JSON ({e}).") from e
+                    if text_field not in row:
+                        raise ValueError(
+                            f"{path}:{lineno}: no `{text_field}` field (use --text-field)."
+                        )
+                    yield str(row[text_field])
+        else:
+            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+                yield f.read()
+
+
+def load_windows(
+    paths: Sequence[str] | str,
+    seq_len: int = 512,
+    tokenizer=None,
+    max_tokens: int | None = None,
+    text_field: str = "text",
+) -> Windows:
+    """Windows from `paths` (see module docstring). `max_tokens` caps the number of windows at
+    max_tokens // seq_len (at least one)."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if len(paths) == 1 and paths[0].endswith(".npy"):
+        if not os.path.isfile(paths[0]):
+            raise FileNotFoundError(f"--data {paths[0]}: no such file.")
+        tokens = np.load(paths[0], mmap_mode="r")
+        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(
+                f"{paths[0]}: expected an integer array [windows, length], got {tokens.dtype} "
+                f"{tokens.shape}. Save windows with np.save(path, ids.reshape(n, length))."
+            )
+        if tokens.shape[0] == 0 or tokens.shape[1] < 2:
+            raise ValueError(
+                f"{paths[0]}: needs at least one window of length >= 2, got {tokens.shape}."
+            )
+    else:
+        if tokenizer is None:
+            raise ValueError(
+                "Text corpora need a tokenizer; the model has none. Pass token windows as .npy."
+            )
+        if seq_len < 2:
+            raise ValueError(f"--seq-len must be >= 2, got {seq_len}.")
+        budget = None if max_tokens is None else max(max_tokens, seq_len)
+        ids: list[int] = []
+        for doc in iter_documents(paths, text_field):
+            ids.extend(tokenizer.encode(doc, add_special_tokens=False).ids)
+            if budget is not None and len(ids) >= budget:
+                break
+        n = len(ids) // seq_len
+        if n == 0:
+            raise ValueError(
+                f"--data {paths}: the corpus has {len(ids)} tokens, shorter than one window of "
+                f"--seq-len {seq_len}. Give more text or a smaller --seq-len."
+            )
+        tokens = np.asarray(ids[: n * seq_len], np.int32).reshape(n, seq_len)
+    if max_tokens is not None:
+        tokens = tokens[: max(1, max_tokens // tokens.shape[1])]
+    return Windows(tokens, tuple(os.path.abspath(p) for p in paths), array_fingerprint(tokens))
