@@ -158,7 +158,10 @@ def hf_tensor_source(directory: str) -> TensorSource:
     for fname in files:
         path = os.path.join(directory, fname)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{index}: lists shard {fname}, which is missing from {directory}.")
+            raise FileNotFoundError(
+                f"{index}: lists shard {fname}, which is missing from {directory}. Copy or "
+                f"re-download that shard (an interrupted download?) so every listed file is present."
+            )
         st = SafetensorsFile(path)
         for name in st.names:
             getters[name] = (lambda st=st, name=name: st.array(name))

@@ -76,6 +76,12 @@ def load_pretrained(
         )
     if os.path.isdir(path) and checkpoint.is_model_checkpoint(path):
         return checkpoint.load_model_checkpoint(path, mesh, rules, **overrides)
+    has_hf_config = os.path.exists(os.path.join(path, "config.json"))
+    if os.path.isdir(os.path.join(path, "params")) and not has_hf_config:
+        raise FileNotFoundError(
+            f"{path}: has an Orbax `params/` folder but no {checkpoint.MODEL_CONFIG}, so the model "
+            f"save was interrupted. Save the model again (`save_model(..., overwrite=True)`)."
+        )
     if os.path.isdir(path):
         config = hf.config_from_hf(hf.read_hf_config(path), os.path.join(path, "config.json"), **overrides)
         params = place_params(config, hf.hf_tensor_source(path), mesh, rules)

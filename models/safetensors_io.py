@@ -37,8 +37,10 @@ class SafetensorsFile:
         try:
             with open(path, "rb") as f:
                 (header_len,) = struct.unpack("<Q", f.read(8))
+                if header_len > os.path.getsize(path) - 8:
+                    raise ValueError(f"header length {header_len} exceeds the file size")
                 header = json.loads(f.read(header_len))
-        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (OSError, ValueError, struct.error) as e:  # JSON and UTF-8 errors are ValueErrors
             raise ValueError(f"{path}: not a readable safetensors file ({e}).") from e
         header.pop("__metadata__", None)
         self._base = 8 + header_len
