@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kfac_mem import factors as fstore
+from kfac_mem.capture import inputs_and_output_grads
 from kfac_mem.data import Windows
-from kfac_mem.head_loss import MODES, head_cotangent
+from kfac_mem.head_loss import MODES
 from kfac_mem.protocol import CurvatureModel
 from kfac_mem.selection import input_groups
 from kfac_mem.sharding import data_axes, logical_to_sharding
@@ -144,30 +145,13 @@ def make_step(
 
     def step(sums: fstore.FactorSums, params, batch, key):
         inputs, labels, weights = model.loss_targets(batch)
-
-        def forward(perturbations):
-            return model.hidden_states(
-                params, inputs, perturbations, capture=[s.id for s in groups.values()]
-            )
-
-        probe = jax.eval_shape(lambda: forward(None)[0])
-        perturbations = {s.id: jnp.zeros((*probe.shape[:-1], s.d_out), probe.dtype) for s in sites}
-        hidden, pullback, acts = jax.vjp(forward, perturbations, has_aux=True)
-        dh, loss, _ = head_cotangent(
-            hidden,
-            model.head_kernel(params),
-            model.head_bias(params),
-            labels,
-            weights,
-            config.mode,
-            key,
-            config.vocab_chunk,
+        acts, grads, loss = inputs_and_output_grads(
+            model, params, inputs, labels, weights, sites, config.mode, key, config.vocab_chunk
         )
-        (grads,) = pullback(dh)
         mask = weights[..., None]
         new_A, new_G, finite = {}, {}, {}
-        for group, site in groups.items():
-            a = acts[site.id] * mask.astype(acts[site.id].dtype)
+        for group in groups:
+            a = acts[group] * mask.astype(acts[group].dtype)
             finite[group] = jnp.all(jnp.isfinite(a))
             new_A[group] = sums.A[group] + _outer(a, acc, split)
         for site in sites:
