@@ -1,0 +1,281 @@
+"""Named example sets for the analyzer: token windows plus the positions whose loss counts.
+
+A set comes from
+  * a jsonl file of windows as written by `kfac-mem mine` (rows with `prefix_ids`, `suffix_ids`;
+    window = prefix ‖ suffix), or an in-memory list of such rows;
+  * a text file (`.txt`, or `.jsonl` rows with a `text` field, or a directory of them): documents
+    are tokenized with the model's tokenizer, concatenated and cut into windows of `seq_len`;
+  * a `.npy` int array [N, L] of ready-made windows, or such an array in memory.
+
+`positions[n, t] = 1` marks the positions t whose next-token cross-entropy enters example n's loss
+L_n: every position but the last (`all`, default), or only those predicting suffix tokens
+(`suffix`, windows with a prefix only; text sets have no suffix and use all positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kfac_mem.evaluation.io import iter_jsonl, read_memorized
+
+POSITIONS = ("all", "suffix")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSet:
+    """Token windows of one named set.
+
+    Attributes:
+      name: set name (letters, digits, `_ . -`; used in file paths).
+      tokens: int32 [N, L] windows.
+      positions: float32 [N, L]; 1 where the next-token loss at t counts (last column always 0).
+      source: where it came from (path or "memory").
+      kind: "windows" (prefix/suffix rows), "text" or "tokens".
+      prefix_len: prefix length of prefix/suffix windows, else None.
+    """
+
+    name: str
+    tokens: np.ndarray
+    positions: np.ndarray
+    source: str
+    kind: str
+    prefix_len: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "examples": len(self),
+            "window_length": self.seq_len,
+            "prefix_length": self.prefix_len,
+            "loss_positions": int(self.positions.sum()),
+        }
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"Set name {name!r} is invalid: use letters, digits, `_`, `.` or `-` (it names "
+            f"directories under the output)."
+        )
+    return name
+
+
+def position_mask(n: int, length: int, positions: str, prefix_len: int | None) -> np.ndarray:
+    """float32 [n, length] loss-position mask (see module docstring)."""
+    if positions not in POSITIONS:
+        raise ValueError(f"`positions` must be one of {POSITIONS}, got {positions!r}.")
+    mask = np.zeros((n, length), np.float32)
+    start = prefix_len - 1 if positions == "suffix" and prefix_len else 0
+    mask[:, start : length - 1] = 1.0
+    return mask
+
+
+def _check_tokens(name: str, tokens: np.ndarray, vocab_size: int | None, where: str) -> np.ndarray:
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(
+            f"Set `{name}` ({where}): expected an integer token array [N, L], got "
+            f"{tokens.dtype} {tokens.shape}."
+        )
+    if tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(
+            f"Set `{name}` ({where}): needs at least one window of length >= 2, got {tokens.shape}."
+        )
+    if tokens.min() < 0 or (vocab_size is not None and tokens.max() >= vocab_size):
+        raise ValueError(
+            f"Set `{name}` ({where}): token ids span [{tokens.min()}, {tokens.max()}] but the "
+            f"model's vocabulary is [0, {vocab_size}); was it tokenized for another model?"
+        )
+    return tokens.astype(np.int32)
+
+
+def _rows_to_tokens(name: str, rows: Sequence[Mapping[str, Any]], where: str) -> np.ndarray:
+    out, lengths = [], None
+    for i, row in enumerate(rows):
+        line = row.get("line", i + 1) if isinstance(row, Mapping) else i + 1
+        if not isinstance(row, Mapping) or not all(f in row for f in ("prefix_ids", "suffix_ids")):
+            raise ValueError(
+                f"Set `{name}` ({where}) row {line}: missing field(s) `prefix_ids`/`suffix_ids`; "
+                f"every row needs both (lists of token ids, as `kfac-mem mine` writes)."
+            )
+        prefix, suffix = list(row["prefix_ids"]), list(row["suffix_ids"])
+        if not prefix or not suffix:
+            raise ValueError(f"Set `{name}` ({where}) row {line}: empty prefix or suffix.")
+        if lengths is None:
+            lengths = (len(prefix), len(suffix))
+        if (len(prefix), len(suffix)) != lengths:
+            raise ValueError(
+                f"Set `{name}` ({where}) row {line}: prefix/suffix of {len(prefix)}/{len(suffix)} "
+                f"tokens but the first row has {lengths[0]}/{lengths[1]}; all windows of a set "
+                f"must have the same lengths."
+            )
+        if not all(
+            isinstance(t, int | np.integer) and not isinstance(t, bool) for t in prefix + suffix
+        ):
+            raise ValueError(f"Set `{name}` ({where}) row {line}: token ids must be integers.")
+        out.append(prefix + suffix)
+    if not out:
+        raise ValueError(f"Set `{name}` ({where}): no rows.")
+    return np.asarray(out, np.int64)
+
+
+def from_rows(
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    positions: str = "all",
+    vocab_size: int | None = None,
+    source: str = "memory",
+) -> ExampleSet:
+    """A set from memorized-window rows ({prefix_ids, suffix_ids, ...})."""
+    check_name(name)
+    tokens = _check_tokens(name, _rows_to_tokens(name, rows, source), vocab_size, source)
+    prefix_len = len(rows[0]["prefix_ids"])
+    mask = position_mask(len(tokens), tokens.shape[1], positions, prefix_len)
+    return ExampleSet(name, tokens, mask, source, "windows", prefix_len)
+
+
+def from_tokens(
+    name: str,
+    tokens: np.ndarray,
+    vocab_size: int | None = None,
+    source: str = "memory",
+    kind: str = "tokens",
+) -> ExampleSet:
+    """A set from token windows [N, L] (all positions but the last count)."""
+    check_name(name)
+    tokens = _check_tokens(name, tokens, vocab_size, source)
+    return ExampleSet(name, tokens, position_mask(*tokens.shape, "all", None), source, kind)
+
+
+def _is_window_jsonl(path: str) -> bool:
+    for _, obj in iter_jsonl(path):
+        return "prefix_ids" in obj or "suffix_ids" in obj
+    raise ValueError(f"{path}: empty file; a set needs at least one row.")
+
+
+def is_text_source(path: str) -> bool:
+    """Whether a set file is text to be cut into windows (not .npy, not jsonl windows)."""
+    if not os.path.exists(path) or path.endswith(".npy"):
+        return False
+    if path.endswith((".jsonl", ".jsonl.gz")):
+        return not _is_window_jsonl(path)
+    return True
+
+
+def load_set(
+    name: str,
+    path: str,
+    tokenizer=None,
+    seq_len: int = 128,
+    positions: str = "all",
+    vocab_size: int | None = None,
+) -> ExampleSet:
+    """Read a set from a file (see module docstring); errors name the set and file (and line)."""
+    from kfac_mem.data import load_windows
+
+    check_name(name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--set {name}={path}: no such file or directory.")
+    if path.endswith((".jsonl", ".jsonl.gz")) and _is_window_jsonl(path):
+        rows = read_memorized(path, vocab_size=vocab_size)
+        return from_rows(name, rows, positions, vocab_size, os.path.abspath(path))
+    if path.endswith(".npy"):
+        return from_tokens(
+            name, np.load(path, allow_pickle=False), vocab_size, os.path.abspath(path)
+        )
+    if tokenizer is None:
+        raise ValueError(
+            f"--set {name}={path} is text, but the model has no tokenizer to cut it into windows; "
+            f"give token windows instead (a .npy [N, L] array or a jsonl from `kfac-mem mine`)."
+        )
+    windows = load_windows([path], seq_len, tokenizer)
+    return from_tokens(name, windows.tokens, vocab_size, os.path.abspath(path), kind="text")
+
+
+def as_example_set(
+    name: str,
+    obj: Any,
+    tokenizer=None,
+    seq_len: int = 128,
+    positions: str = "all",
+    vocab_size: int | None = None,
+    max_examples: int | None = None,
+) -> ExampleSet:
+    """Coerce a path, token array, list of window rows or ExampleSet into an `ExampleSet`."""
+    if isinstance(obj, ExampleSet):
+        s = dataclasses.replace(obj, name=check_name(name))
+        _check_tokens(name, s.tokens, vocab_size, s.source)
+    elif isinstance(obj, str | os.PathLike):
+        s = load_set(name, os.fspath(obj), tokenizer, seq_len, positions, vocab_size)
+    elif isinstance(obj, np.ndarray):
+        s = from_tokens(name, obj, vocab_size)
+    elif isinstance(obj, Sequence):
+        s = from_rows(name, obj, positions, vocab_size)
+    else:
+        raise ValueError(
+            f"Set `{name}`: expected a path, a token array [N, L], window rows or an ExampleSet, "
+            f"got {type(obj).__name__}."
+        )
+    if max_examples is not None and len(s) > max_examples:
+        s = dataclasses.replace(
+            s, tokens=s.tokens[:max_examples], positions=s.positions[:max_examples]
+        )
+    return s
+
+
+def resolve_sets(
+    sets: Mapping[str, Any],
+    tokenizer=None,
+    vocab_size: int | None = None,
+    positions: str = "all",
+    seq_len: int | None = None,
+    max_examples: int | None = None,
+) -> dict[str, ExampleSet]:
+    """Every set as an `ExampleSet` (order kept). Text sets are cut into windows of `seq_len`, by
+    default the length of the first window set (else of the first token set, else 128), so that
+    per-example sums over positions compare across sets."""
+    if not sets:
+        raise ValueError("Give at least one example set (--set NAME=FILE).")
+    text = {
+        name
+        for name, obj in sets.items()
+        if isinstance(obj, str | os.PathLike) and is_text_source(os.fspath(obj))
+    }
+    loaded: dict[str, ExampleSet] = {}
+    for name, obj in sets.items():
+        if name not in text:
+            loaded[name] = as_example_set(
+                name, obj, tokenizer, 2, positions, vocab_size, max_examples
+            )
+    if seq_len is None:
+        by_kind = [s.seq_len for s in loaded.values() if s.kind == "windows"]
+        by_kind += [s.seq_len for s in loaded.values()]
+        seq_len = by_kind[0] if by_kind else 128
+    for name in text:
+        loaded[name] = as_example_set(
+            name, sets[name], tokenizer, seq_len, positions, vocab_size, max_examples
+        )
+    return {name: loaded[name] for name in sets}
+
+
+def parse_set_flag(text: str) -> tuple[str, str]:
+    """`NAME=FILE` -> (name, file)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--set expects NAME=FILE (e.g. --set memorized=mem.jsonl), got {text!r}.")
+    return check_name(name), path
