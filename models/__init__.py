@@ -1,4 +1,7 @@
-"""Flax decoders (OLMo-2, Llama) and their checkpoint converters. Never imports `kfac_mem`."""
+"""Flax decoders (OLMo-2, Llama), the ViT classifier, and their checkpoint converters.
+
+Never imports `kfac_mem`.
+"""
 
 from models.checkpoint import save_model as save_model
 from models.config import PRESETS as PRESETS
@@ -11,17 +14,27 @@ from models.language_model import init_params as init_params
 from models.loading import installed_file as installed_file
 from models.loading import load_pretrained as load_pretrained
 from models.sites import LinearSite as LinearSite
+from models.vision_model import VisionModel as VisionModel
+from models.vision_model import init_vision_model as init_vision_model
+from models.vit_config import ViTConfig as ViTConfig
+from models.vit_hf import export_vit_hf as export_vit_hf
+from models.vit_hf import load_vit_hf as load_vit_hf
 
 __all__ = [
     "PRESETS",
     "DecoderConfig",
     "LanguageModel",
     "LinearSite",
+    "ViTConfig",
+    "VisionModel",
     "export_hf",
+    "export_vit_hf",
     "get_config",
     "greedy_generate",
     "init_params",
+    "init_vision_model",
     "installed_file",
     "load_pretrained",
+    "load_vit_hf",
     "save_model",
 ]
