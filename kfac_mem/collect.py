@@ -269,8 +269,9 @@ def collect(
             f"Give more data or a smaller --batch-size."
         )
     dropped = len(windows) - n_batches * config.batch_size
-    if engine == "kfac-jax" and config.reduce != "step":
-        config = dataclasses.replace(config, reduce="step")  # kfac-jax yields reduced batch factors
+    if config.reduce != "step" and (engine == "kfac-jax" or n_data == 1):
+        # kfac-jax yields reduced batch factors; with one data shard there is nothing to defer.
+        config = dataclasses.replace(config, reduce="step")
     identity = run_identity(model, sites, windows, config, engine)
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, fstore.METADATA)

@@ -89,7 +89,10 @@ def checkpoint_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointMa
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(directory), "state"),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_handlers={"sums": ocp.StandardCheckpointHandler(), "info": ocp.JsonCheckpointHandler()},
+        item_handlers={
+            "sums": ocp.StandardCheckpointHandler(),
+            "info": ocp.JsonCheckpointHandler(),
+        },
     )
 
 
@@ -136,11 +139,30 @@ class FactorRun(Mapping[str, Factor]):
         self.directory = os.path.abspath(directory)
         self.metadata = read_metadata(self.directory)
         self.sites = {s["id"]: site_from_dict(s) for s in self.metadata["sites"]}
-        with checkpoint_manager(self.directory) as manager:
-            self.sums, self.info = restore_state(manager)
+        self.info = dict(self.metadata.get("progress") or {})
+        if self.info.get("n_tokens") is None:  # metadata of an interrupted first save: read state
+            self.info = self._restore()[1]
         self.n_tokens = int(self.info["n_tokens"])
         if self.n_tokens <= 0:
             raise ValueError(f"{self.directory}: the run has seen no tokens yet; nothing to read.")
+        self._sums: FactorSums | None = None
+
+    def _restore(self) -> tuple[FactorSums, dict[str, Any]]:
+        with checkpoint_manager(self.directory) as manager:
+            return restore_state(manager)
+
+    @property
+    def sums(self) -> FactorSums:
+        """The running sums (host numpy), read from the latest checkpoint on first use."""
+        if self._sums is None:
+            self._sums, info = self._restore()
+            if int(info["n_tokens"]) != self.n_tokens:
+                raise ValueError(
+                    f"{self.directory}: metadata.json ({self.n_tokens} tokens) and the "
+                    f"latest checkpoint ({info['n_tokens']}) disagree; rerun the collection "
+                    f"command to finish or repair the run."
+                )
+        return self._sums
 
     @property
     def mode(self) -> str:

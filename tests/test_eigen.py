@@ -20,7 +20,7 @@ from kfac_mem.eigen import (
 )
 from kfac_mem.eigen_run import decompose_run, load_eigen, save_corrected_eigenvalues
 from models import load_pretrained
-from tests.factor_fixtures import random_spd, write_factor_run
+from factor_fixtures import random_spd, write_factor_run
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
 

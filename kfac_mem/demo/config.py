@@ -1,0 +1,88 @@
+"""Demo presets: the embedded default (committed model), `tiny` (every stage at toy size, for CI)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kfac_mem.demo.mixture import MixtureConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Everything the demo does, with the sizes of each stage.
+
+    Training (only with --retrain or when no committed model matches): `model_preset` trained for
+    `train_steps` x `train_batch` rows of the mixture. Factors: `factor_windows` fresh rows of the
+    mixture (memorized items excluded unless `factor_include_memorized`), labels sampled.
+    Sweep: every (layers, projections, ρ) in the grid is scored on the *selection* splits
+    (memorized train split, first half of held-out text and skill items); the chosen edit is then
+    reported on the *report* splits (memorized validation split, canaries, second halves).
+    """
+
+    name: str = "default"
+    mixture: MixtureConfig = MixtureConfig()
+    model_preset: str = "demo-olmo2"
+    asset: str | None = "demo-olmo2"  # committed model under kfac_mem/demo/assets/, if any
+    seed: int = 0
+    train_steps: int = 1000
+    train_batch: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 60
+    weight_decay: float = 0.1
+    factor_windows: int = 1024
+    factor_batch: int = 16
+    factor_include_memorized: bool = False
+    factor_mode: str = "sampled"
+    layer_sets: tuple[tuple[int, ...], ...] = ((3,), (2, 3), (1, 2, 3))
+    projection_sets: tuple[tuple[str, ...], ...] = (("gate", "up"), ("gate", "up", "down"))
+    rhos: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
+    svd_drops: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+    max_ppl_increase: float = 0.30
+    min_retention: float = 0.90
+    protected_groups: tuple[str, ...] = ("open_book", "logic")
+    eval_text_windows: int = 128
+    ndcg_windows: int = 32
+    eval_items: int = 100  # per skill group and split
+    analysis_examples: int = 48  # per example set
+
+
+def default() -> DemoConfig:
+    return DemoConfig()
+
+
+def tiny() -> DemoConfig:
+    """Every stage on toy sizes (a few minutes on 2 CPU cores, compilation included)."""
+    return DemoConfig(
+        name="tiny",
+        mixture=MixtureConfig(
+            vocab_size=320,
+            n_memorized=8,
+            n_canaries=4,
+            prefix_len=8,
+            suffix_len=8,
+            canary_prefix_len=6,
+            canary_suffix_len=6,
+            seq_len=32,
+            memorized_rate=0.6,
+            n_heldout_passages=40,
+            n_capitals=12,
+        ),
+        model_preset="tiny-olmo2",
+        asset=None,
+        train_steps=150,
+        train_batch=16,
+        learning_rate=5e-3,
+        warmup_steps=10,
+        factor_windows=64,
+        layer_sets=((1,), (0, 1)),
+        projection_sets=(("gate", "up"),),
+        rhos=(0.7, 0.9),
+        svd_drops=(0.5,),
+        eval_text_windows=16,
+        ndcg_windows=8,
+        eval_items=12,
+        analysis_examples=8,
+    )
+
+
+PRESETS = {"default": default, "tiny": tiny}

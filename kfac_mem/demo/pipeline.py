@@ -1,0 +1,257 @@
+"""`kfac-mem demo`: mine -> collect -> decompose -> analyze -> edit (sweep) -> evaluate -> report,
+each stage through the same library code the CLI subcommands run, with artifacts under `out_dir`:
+
+  model/ (only when trained here)   mined/{memorized,canaries}/   factors/   eigen/   analysis/
+  edited/ (the chosen edit: Orbax model + edit_report.json)   report.md   summary.json   figures/
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from kfac_mem.collect import CollectConfig, collect
+from kfac_mem.data import Windows, array_fingerprint
+from kfac_mem.demo import measure
+from kfac_mem.demo.config import DemoConfig
+from kfac_mem.demo.model import demo_model
+from kfac_mem.demo.sweep import choose, controls, sweep
+from kfac_mem.editing import EditOptions, apply_plan, parse_plan
+from kfac_mem.eigen_run import decompose_run
+from kfac_mem.evaluation.io import write_json_atomic, write_jsonl_atomic
+from kfac_mem.evaluation.mining import MiningConfig, mine_windows
+from kfac_mem.selection import select_sites
+from models import save_model
+
+
+class Stages:
+    """Wall-clock time per stage, printed as it goes."""
+
+    def __init__(self, log):
+        self.log, self.seconds, self._t = log, {}, None
+
+    def __call__(self, name: str):
+        self._name, self._t = name, time.time()
+        self.log(f"== {name}")
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds[self._name] = round(time.time() - self._t, 1)
+        if exc[0] is None:
+            self.log(f"   {self._name} done in {self.seconds[self._name]:.1f} s")
+
+
+def mine_set(
+    model, rows: list[dict], prefix_len: int, out_dir: str, val_fraction: float, seed: int
+):
+    """Run the miner on candidate windows (BOS + prefix | suffix) and write its jsonl splits."""
+    windows = np.asarray([r["prefix_ids"] + r["suffix_ids"] for r in rows], np.int32)
+    provenance = [(r.get("source", "demo"), i, 0) for i, r in enumerate(rows)]
+    cfg = MiningConfig(
+        prefix_len=prefix_len,
+        suffix_len=windows.shape[1] - prefix_len,
+        stride=windows.shape[1],
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    result = mine_windows(model, windows, provenance, cfg)
+    for split in ("train", "validation"):
+        write_jsonl_atomic(os.path.join(out_dir, f"{split}.jsonl"), result[split])
+    write_json_atomic(os.path.join(out_dir, "summary.json"), result["stats"])
+    return result
+
+
+def run_demo(
+    config: DemoConfig, out_dir: str, mesh, rules, retrain: bool = False, log=print
+) -> dict[str, Any]:
+    os.makedirs(out_dir, exist_ok=True)
+    stage = Stages(log)
+    c = config
+    with stage("model"):
+        model, data, provenance = demo_model(c, out_dir, mesh, rules, retrain, log)
+    sites = model.linear_sites()
+
+    with stage("mine"):
+        mem = mine_set(
+            model,
+            data.memorized_rows(),
+            1 + c.mixture.prefix_len,
+            os.path.join(out_dir, "mined", "memorized"),
+            0.5,
+            c.seed,
+        )
+        can = mine_set(
+            model,
+            data.canary_rows(),
+            1 + c.mixture.canary_prefix_len,
+            os.path.join(out_dir, "mined", "canaries"),
+            1.0,
+            c.seed,
+        )
+        log(
+            f"   memorized passages: {mem['stats']['memorized']}/{len(data.memorized)} recited "
+            f"-> {len(mem['train'])} train / {len(mem['validation'])} validation; canaries: "
+            f"{can['stats']['memorized']}/{len(data.canaries)}"
+        )
+
+    text = data.heldout_windows(2 * c.eval_text_windows)
+    half = len(text) // 2
+    items = {g: v[: 2 * c.eval_items] for g, v in data.skills.eval_items().items()}
+    selection = measure.EvalSets(
+        {"memorized_train": mem["train"]},
+        text[:half],
+        {g: v[: len(v) // 2] for g, v in items.items()},
+    )
+    report_sets = measure.EvalSets(
+        {
+            "memorized_train": mem["train"],
+            "memorized_validation": mem["validation"],
+            "canaries": can["validation"],
+        },
+        text[half:],
+        {g: v[len(v) // 2 :] for g, v in items.items()},
+    )
+
+    with stage("collect"):
+        n = c.factor_windows // c.factor_batch
+        tokens = np.concatenate(
+            [
+                data.batch(i, c.factor_batch, memorized=c.factor_include_memorized, stream=1)
+                for i in range(n)
+            ]
+        )
+        windows = Windows(
+            tokens,
+            ("demo-mixture:stream1" + ("" if c.factor_include_memorized else ":no-memorized"),),
+            array_fingerprint(tokens),
+        )
+        mlp = select_sites(sites, projections=["gate", "up", "down"])
+        factors = collect(
+            model,
+            windows,
+            mlp,
+            os.path.join(out_dir, "factors"),
+            CollectConfig(mode=c.factor_mode, seed=c.seed, batch_size=c.factor_batch),
+            progress=False,
+        )
+        log(f"   {factors.n_tokens:,} positions, {len(mlp)} matrices, mode {c.factor_mode}")
+
+    with stage("decompose"):
+        eigen = decompose_run(factors, os.path.join(out_dir, "eigen"), mesh, rules, overwrite=True)
+
+    with stage("analyze"):
+        analysis = run_analysis(model, eigen, data, mem, can, text, c, out_dir, log)
+
+    base_quick = measure.quick(model, data, selection, model.params)
+    with stage("sweep"):
+        rows = sweep(model, data, eigen, selection, c, base_quick, log)
+        chosen = choose(rows, base_quick, c)
+        log(
+            f"   chosen: layers {chosen['layers']} {'+'.join(chosen['projections'])} rho "
+            f"{chosen['rho']} ({'meets' if chosen['feasible'] else 'does NOT meet'} the selection "
+            f"constraints)"
+        )
+
+    with stage("edit"):
+        plan = parse_plan(
+            {
+                f"model.layers.{i}.mlp.{p}_proj": chosen["rho"]
+                for i in chosen["layers"]
+                for p in chosen["projections"]
+            },
+            sites,
+        )
+        edited, edit_report = apply_plan(model.params, sites, plan, eigen, EditOptions())
+        save_model(
+            model.with_params(edited),
+            os.path.join(out_dir, "edited"),
+            metadata={"plan": plan.to_json(), "eigen": eigen.directory},
+            overwrite=True,
+        )
+        write_json_atomic(os.path.join(out_dir, "edited", "edit_report.json"), edit_report)
+        variants = {
+            "unedited": model.params,
+            "kfac": edited,
+            **controls(model, eigen, plan, chosen, selection, data, c, log),
+        }
+
+    with stage("evaluate"):
+        results = {
+            name: measure.full(model, data, report_sets, p, c.ndcg_windows)
+            for name, p in variants.items()
+        }
+
+    with stage("report"):
+        from kfac_mem.demo.report import write_report
+
+        summary = write_report(
+            out_dir,
+            c,
+            provenance,
+            mem,
+            can,
+            factors,
+            rows,
+            chosen,
+            results,
+            analysis,
+            stage.seconds,
+            edit_report,
+        )
+    log(f"report: {os.path.join(out_dir, 'report.md')}")
+    return summary
+
+
+def run_analysis(
+    model, eigen, data, mem, can, text, c: DemoConfig, out_dir: str, log=print
+) -> dict[str, Any]:
+    """The analyzer on memorized passages, canaries, clean held-out text and the skills' examples
+    (all collected MLP matrices), through `kfac_mem.analysis.analyze` (what `kfac-mem analyze` runs)."""
+    from kfac_mem.analysis import AnalyzeOptions, analyze
+
+    n = c.analysis_examples
+    sets: dict[str, Any] = {"memorized": mem["train"][:n], "canaries": can["validation"][:n]}
+    for group, items in data.skills.eval_items().items():
+        rows = [
+            {
+                "prefix_ids": [data.bos, *data.encode(it.prompt)],
+                "suffix_ids": list(data.encode(it.answer)),
+            }
+            for it in items
+        ]
+        # The analyzer batches fixed-length windows: keep the most common (prefix, answer) length.
+        shape = collections.Counter(
+            (len(r["prefix_ids"]), len(r["suffix_ids"])) for r in rows
+        ).most_common(1)[0][0]
+        sets[group] = [r for r in rows if (len(r["prefix_ids"]), len(r["suffix_ids"])) == shape][:n]
+    sets = {k: v for k, v in sets.items() if len(v)}
+    sets["clean"] = text[:n]
+    options = AnalyzeOptions(
+        mode=c.factor_mode,
+        seed=c.seed,
+        batch_size=max(8, c.factor_batch // 2),
+        overwrite=True,
+        progress=False,
+    )
+    return analyze(
+        model,
+        eigen,
+        sets,
+        out_dir=os.path.join(out_dir, "analysis"),
+        clean="clean",
+        options=options,
+        log=log,
+    )
+
+
+def load_summary(out_dir: str) -> dict[str, Any]:
+    with open(os.path.join(out_dir, "summary.json")) as f:
+        return json.load(f)

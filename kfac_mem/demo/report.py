@@ -1,0 +1,311 @@
+"""The demo's report: report.md (tables), figures/*.png and summary.json."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from kfac_mem.demo.config import DemoConfig
+from kfac_mem.demo.skills import GROUPS
+from kfac_mem.evaluation.io import write_json_atomic
+
+VARIANTS = {
+    "unedited": "unedited",
+    "kfac": "K-FAC edit",
+    "svd": "SVD (matched ppl)",
+    "random_basis": "random basis (same mask)",
+}
+SETS = {
+    "memorized_train": "memorized (train split)",
+    "memorized_validation": "memorized (held out)",
+    "canaries": "canaries (OOD)",
+}
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:.1f}"
+
+
+def _figures(out_dir: str, rows, chosen, results) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_dir = os.path.join(out_dir, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(
+            r["ppl_ratio"],
+            100 * r["strict_memorized_train"],
+            s=20 + 60 * (len(r["projections"]) - 1),
+            c=[[r["rho"], 0.2, 1 - r["rho"]]],
+            alpha=0.7,
+        )
+    ax.scatter(
+        chosen["ppl_ratio"],
+        100 * chosen["strict_memorized_train"],
+        marker="*",
+        s=300,
+        c="gold",
+        edgecolors="k",
+        label="chosen",
+    )
+    ax.set_xlabel("held-out perplexity / unedited (selection split)")
+    ax.set_ylabel("strict recitation, memorized train split (%)")
+    ax.set_title("Edit sweep (colour: ρ, blue 0 -> red 1; size: matrices)")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(os.path.join(fig_dir, "sweep.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(results)
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        vals = [100 * results[name]["recitation"][s]["strict"] for s in SETS]
+        axes[0].bar(np.arange(len(SETS)) + k * width, vals, width, label=VARIANTS.get(name, name))
+        base = results["unedited"]["skills"]
+        ret = [100 * results[name]["skills"][g] / base[g] if base[g] else np.nan for g in GROUPS]
+        axes[1].bar(np.arange(len(GROUPS)) + k * width, ret, width, label=VARIANTS.get(name, name))
+    axes[0].set_xticks(np.arange(len(SETS)) + 0.4 - width / 2, list(SETS.values()), fontsize=8)
+    axes[0].set_ylabel("strict recitation (%)")
+    axes[0].set_title("What the edit removes")
+    axes[1].set_xticks(np.arange(len(GROUPS)) + 0.4 - width / 2, GROUPS, fontsize=8)
+    axes[1].axhline(100, color="k", lw=0.5)
+    axes[1].set_ylabel("accuracy after / before (%)")
+    axes[1].set_title("What it keeps (task-group retention)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(fig_dir, "removal_and_retention.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_report(
+    out_dir: str,
+    c: DemoConfig,
+    provenance: dict,
+    mem,
+    can,
+    factors,
+    rows,
+    chosen,
+    results: dict[str, Any],
+    analysis: dict[str, Any],
+    seconds: dict[str, float],
+    edit_report: list[dict],
+) -> dict[str, Any]:
+    base, kfac = results["unedited"], results["kfac"]
+    retention = {
+        g: (kfac["skills"][g] / base["skills"][g] if base["skills"][g] else float("nan"))
+        for g in GROUPS
+    }
+    strict_before = base["recitation"]["memorized_validation"]["strict"]
+    strict_after = kfac["recitation"]["memorized_validation"]["strict"]
+    ppl_before = base["perplexity"]["perplexity"]
+    ppl_after = kfac["perplexity"]["perplexity"]
+    targets = {
+        "strict_before_at_least_90pct": strict_before >= 0.9,
+        "strict_after_at_most_10pct": strict_after <= 0.1,
+        "perplexity_increase_at_most_30pct": ppl_after <= 1.3 * ppl_before,
+        **{f"{g}_retention_at_least_90pct": retention[g] >= 0.9 for g in c.protected_groups},
+    }
+    summary = {
+        "preset": c.name,
+        "recitation_strict_before": strict_before,
+        "recitation_strict_after": strict_after,
+        "perplexity_before": ppl_before,
+        "perplexity_after": ppl_after,
+        "retention": retention,
+        "chosen": {k: chosen[k] for k in ("layers", "projections", "rho", "feasible")},
+        "svd_drop": chosen.get("svd_drop"),
+        "targets": targets,
+        "all_targets_met": all(targets.values()),
+        "table1": {
+            name: {
+                **{
+                    s: {k: r["recitation"][s][k] for k in ("strict", "loose", "mean_distance")}
+                    for s in SETS
+                },
+                "perplexity": r["perplexity"]["perplexity"],
+                "ndcg@10": r["ndcg"],
+                "skills": r["skills"],
+            }
+            for name, r in results.items()
+        },
+        "mined": {"memorized": mem["stats"], "canaries": can["stats"]},
+        "factors": {
+            "n_tokens": factors.n_tokens,
+            "mode": factors.mode,
+            "corpus": factors.metadata["corpus"]["sources"],
+        },
+        "stage_seconds": seconds,
+        "total_seconds": round(sum(seconds.values()), 1),
+        "devices": {"count": jax.device_count(), "platform": jax.devices()[0].platform},
+        "provenance": provenance,
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    figures = _figures(out_dir, rows, chosen, results)
+    lines = [
+        f"# kfac-mem demo report ({c.name})",
+        "",
+        "K-FAC curvature-mass edit of a small OLMo-2-architecture model trained on real text with "
+        "memorized passages, random-word canaries and four skills. Layers and ρ were chosen on the "
+        "selection splits only; every number below is on the report splits.",
+        "",
+        "## Outcome",
+        "",
+        f"- strict recitation of held-out memorized windows: **{_pct(strict_before)}% -> "
+        f"{_pct(strict_after)}%**",
+        f"- held-out perplexity: **{ppl_before:.2f} -> {ppl_after:.2f}** "
+        f"({100 * (ppl_after / ppl_before - 1):+.1f}%)",
+        "- task-group retention (after / before): "
+        + ", ".join(f"{g} {_pct(v)}%" for g, v in retention.items()),
+        f"- chosen edit: layers {chosen['layers']}, {'+'.join(chosen['projections'])}, ρ = {chosen['rho']}"
+        + (
+            ""
+            if chosen["feasible"]
+            else " (no grid point met the selection constraints; this is the least-violating one)"
+        ),
+        "- targets: "
+        + ", ".join(f"{k} {'met' if v else '**NOT met**'}" for k, v in targets.items()),
+        "",
+        "## Table 1 layout (report splits)",
+        "",
+        "| model | "
+        + " | ".join(f"{v} strict / loose / mean d/L" for v in SETS.values())
+        + " | perplexity | nDCG@10 |",
+        "|---|" + "---|" * (len(SETS) + 2),
+    ]
+    for name, r in results.items():
+        cells = [
+            f"{_pct(r['recitation'][s]['strict'])} / {_pct(r['recitation'][s]['loose'])} / "
+            f"{r['recitation'][s]['mean_distance']:.3f}"
+            for s in SETS
+        ]
+        lines.append(
+            f"| {VARIANTS.get(name, name)} | "
+            + " | ".join(cells)
+            + f" | {r['perplexity']['perplexity']:.2f} | {r['ndcg']:.3f} |"
+        )
+    lines += [
+        "",
+        f"SVD drops {100 * (chosen.get('svd_drop') or 0):.0f}% of the bottom singular components of "
+        "the same matrices (closest selection perplexity to the K-FAC edit); the random-basis "
+        "control keeps the K-FAC edit's number of components in Haar-random bases.",
+        "",
+        "## Task groups (accuracy, report split; retention = after / before)",
+        "",
+        "| group | " + " | ".join(VARIANTS.get(n, n) for n in results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
+    for g in GROUPS:
+        cells = []
+        for name, r in results.items():
+            acc = r["skills"][g]
+            cells.append(
+                _pct(acc)
+                + (
+                    ""
+                    if name == "unedited"
+                    else f" ({_pct(acc / base['skills'][g]) if base['skills'][g] else 'n/a'}%)"
+                )
+            )
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "![removal and retention](figures/removal_and_retention.png)",
+        "",
+        "## Sweep (selection splits)",
+        "",
+        "| layers | matrices | ρ | strict (mem. train) | ppl ratio | "
+        + " | ".join(f"{g} ret." for g in GROUPS)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(GROUPS),
+    ]
+    for r in rows:
+        mark = (
+            " **(chosen)**"
+            if (r["layers"], r["projections"], r["rho"])
+            == (chosen["layers"], chosen["projections"], chosen["rho"])
+            else ""
+        )
+        lines.append(
+            f"| {r['layers']}{mark} | {'+'.join(r['projections'])} | {r['rho']} | "
+            f"{_pct(r['strict_memorized_train'])} | {r['ppl_ratio']:.3f} | "
+            + " | ".join(_pct(r["retention"][g]) for g in GROUPS)
+            + " |"
+        )
+    lines += [
+        "",
+        "![sweep](figures/sweep.png)",
+        "",
+        "## Edited matrices",
+        "",
+        "| matrix | kept components | kept mass | ‖ΔW‖/‖W‖ | rank |",
+        "|---|---|---|---|---|",
+    ]
+    for row in edit_report:
+        lines.append(
+            f"| {row['id']} | {row['kept']} / {row['components']} | "
+            f"{_pct(row.get('kept_fraction', float('nan')))}% | {row['rel_delta_fro']:.3f} | "
+            f"{row.get('rank', 'n/a')} |"
+        )
+    examples = kfac["recitation"]["memorized_validation"].get("rows", [])[:3]
+    if examples:
+        lines += ["", "## What the edited model now says (held-out memorized prefixes)", ""]
+        for ex in examples:
+            lines += [
+                f"- prefix: `{ex.get('prefix_text', '')[-120:]}`",
+                f"  - memorized: `{ex.get('suffix_text', '')}`",
+                f"  - now: `{ex.get('generated_text', '')}`",
+            ]
+    lines += [
+        "",
+        "## Curvature analysis",
+        "",
+        "The analyzer's full report (spectra, per-example sharpness, band ratios, band "
+        "ablation) is in [analysis/report.md](analysis/report.md).",
+        "",
+    ]
+    findings = analysis.get("findings", [])
+    if findings:
+        lines += [
+            "Each prediction of the sharp-vs-flat picture, checked against clean held-out text "
+            "in every analyzed matrix (measured, not assumed):",
+            "",
+            "| set | prediction | holds in | verdict |",
+            "|---|---|---|---|",
+        ]
+        for f in findings:
+            lines.append(
+                f"| {f['set']} | {f['claim']} | {f['holds_in']}/{f['of']} | {f['verdict']} |"
+            )
+    lines += [
+        "",
+        "## Run",
+        "",
+        f"- stage seconds: {seconds} (total {summary['total_seconds']} s on "
+        f"{summary['devices']['count']} {summary['devices']['platform']} device(s))",
+        f"- factors: {factors.n_tokens:,} positions, {factors.mode} labels, corpus "
+        f"{factors.metadata['corpus']['sources']}",
+        f"- model provenance: `{provenance.get('command')}`, seed {provenance.get('seed')}",
+        "",
+    ]
+    tmp = os.path.join(out_dir, "report.md.tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, os.path.join(out_dir, "report.md"))
+    summary["figures"] = [os.path.relpath(p, out_dir) for p in figures]
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    return summary
