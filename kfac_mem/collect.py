@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from kfac_mem import factors as fstore
 from kfac_mem.capture import inputs_and_output_grads
@@ -368,6 +369,8 @@ def collect(
     info["dropped_windows"] = dropped
     checkpoint(last)
     manager.close()
+    if jax.process_count() > 1:  # every process reads the metadata that process 0 just wrote
+        multihost_utils.sync_global_devices(f"kfac_mem.collect:{out_dir}")
     return fstore.FactorRun(out_dir)
 
 
