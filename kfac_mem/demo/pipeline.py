@@ -1,7 +1,8 @@
 """`kfac-mem demo`: mine -> collect -> decompose -> analyze -> edit (sweep) -> evaluate -> report,
 each stage through the same library code the CLI subcommands run, with artifacts under `out_dir`:
 
-  model/ (only when trained here)   mined/{memorized,canaries}/   factors/   eigen/   analysis/
+  model/ (only when trained here)   mined/{memorized,canaries}/   sets/{heldout,retain}.npy
+  factors/   eigen/   analysis/
   edited/ (the chosen edit: Orbax model + edit_report.json)   report.md   summary.json   figures/
 """
 
@@ -69,6 +70,19 @@ def mine_set(
     return result
 
 
+def write_comparison_sets(data, heldout: np.ndarray, c: DemoConfig, out_dir: str) -> None:
+    """The clean sets `kfac-mem compare` needs beside the mined ones: held-out text windows (the
+    report split) and retain windows (fresh training-mixture rows without memorized items)."""
+    os.makedirs(out_dir, exist_ok=True)
+    retain = np.concatenate(
+        [data.batch(i, c.factor_batch, memorized=False, stream=2) for i in range(8)]
+    )
+    for name, array in (("heldout", heldout), ("retain", retain)):
+        tmp = os.path.join(out_dir, f".{name}.tmp.npy")
+        np.save(tmp, array)
+        os.replace(tmp, os.path.join(out_dir, f"{name}.npy"))
+
+
 def run_demo(
     config: DemoConfig, out_dir: str, mesh, rules, retrain: bool = False, log=print
 ) -> dict[str, Any]:
@@ -104,6 +118,7 @@ def run_demo(
 
     text = data.heldout_windows(2 * c.eval_text_windows)
     half = len(text) // 2
+    write_comparison_sets(data, text[half:], c, os.path.join(out_dir, "sets"))
     items = {g: v[: 2 * c.eval_items] for g, v in data.skills.eval_items().items()}
     selection = measure.EvalSets(
         {"memorized_train": mem["train"]},
