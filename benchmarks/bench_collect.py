@@ -33,7 +33,9 @@ from kfac_mem.selection import select_sites
 from kfac_mem.sharding import logical_to_sharding, make_mesh
 from models import DecoderConfig, LanguageModel, init_params
 
-BENCH = DecoderConfig("olmo2", 16384, 512, 1536, 8, 8, 8, 64, 10000.0, 1e-6, max_position_embeddings=1024)
+BENCH = DecoderConfig(
+    "olmo2", 16384, 512, 1536, 8, 8, 8, 64, 10000.0, 1e-6, max_position_embeddings=1024
+)
 
 
 def timed(fn, repeats):
@@ -47,8 +49,10 @@ def timed(fn, repeats):
 
 
 def emit(**row):
-    row.update(machine=f"{platform.machine()} {jax.devices()[0].platform} x{jax.device_count()}",
-               cpu_count=__import__("os").cpu_count())
+    row.update(
+        machine=f"{platform.machine()} {jax.devices()[0].platform} x{jax.device_count()}",
+        cpu_count=__import__("os").cpu_count(),
+    )
     print(json.dumps(row), flush=True)
 
 
@@ -56,8 +60,10 @@ def setup(devices, batch, seq):
     mesh, rules = make_mesh("fsdp", devices=devices)
     model = LanguageModel(BENCH, init_params(BENCH, 0, mesh, rules), None, mesh, rules)
     sharding = logical_to_sharding(("activation_batch", None), (batch, seq), mesh, rules)
-    tokens = jax.device_put(jnp.asarray(np.random.RandomState(0).randint(0, BENCH.vocab_size, (batch, seq)),
-                                        jnp.int32), sharding)
+    tokens = jax.device_put(
+        jnp.asarray(np.random.RandomState(0).randint(0, BENCH.vocab_size, (batch, seq)), jnp.int32),
+        sharding,
+    )
     return model, tokens, len(devices)
 
 
@@ -77,7 +83,9 @@ def collect_step(model, sites, batch, n_data):
     step = make_step(model, sites, cfg, sh, n_data)
     state = {"sums": zero_sums(sites, "float32", sh, leading=n_data)}
 
-    def run(tokens, key=jax.random.key(0)):
+    key = jax.random.key(0)
+
+    def run(tokens):
         state["sums"], stats = step(state["sums"], model.params, tokens, key)
         return stats["count"]
 
@@ -97,21 +105,36 @@ def main():
     emit(kind="train_step", seconds=t_train, tokens=batch * seq, devices=n)
     selections = {
         "all_mlp": select_sites(model.linear_sites(), projections=["gate", "up", "down"]),
-        "3_layers_gate_up": select_sites(model.linear_sites(), layers=[5, 6, 7], projections=["gate", "up"]),
+        "3_layers_gate_up": select_sites(
+            model.linear_sites(), layers=[5, 6, 7], projections=["gate", "up"]
+        ),
     }
     for name, sites in selections.items():
         _, _, run = collect_step(model, sites, batch, n)
         t = timed(lambda run=run: run(tokens), repeats)
-        emit(kind="collect_vs_train", selection=name, seconds=t, ratio=t / t_train,
-             tokens_per_s=batch * seq / t, devices=n)
+        emit(
+            kind="collect_vs_train",
+            selection=name,
+            seconds=t,
+            ratio=t / t_train,
+            tokens_per_s=batch * seq / t,
+            devices=n,
+        )
     # Memory: compiled step footprint vs batch size.
     sites = selections["3_layers_gate_up"]
-    for b in ([8, 16] if args.quick else [8, 16, 32]):
+    for b in [8, 16] if args.quick else [8, 16, 32]:
         m, toks, n_b = setup(jax.devices(), b, seq)
         step, state, _ = collect_step(m, sites, b, n_b)
-        mem = step.lower(state["sums"], m.params, toks, jax.random.key(0)).compile().memory_analysis()
-        emit(kind="memory_vs_batch", batch=b, temp_bytes=mem.temp_size_in_bytes,
-             argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes)
+        mem = (
+            step.lower(state["sums"], m.params, toks, jax.random.key(0)).compile().memory_analysis()
+        )
+        emit(
+            kind="memory_vs_batch",
+            batch=b,
+            temp_bytes=mem.temp_size_in_bytes,
+            argument_bytes=mem.argument_size_in_bytes,
+            output_bytes=mem.output_size_in_bytes,
+        )
     # Memory flat in tokens: peak RSS after more and more steps of the same step function.
     _, _, run = collect_step(model, sites, batch, n)
     done = 0
@@ -119,8 +142,11 @@ def main():
         while done < steps:
             jax.block_until_ready(run(tokens))
             done += 1
-        emit(kind="rss_vs_tokens", tokens=done * batch * seq,
-             peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        emit(
+            kind="rss_vs_tokens",
+            tokens=done * batch * seq,
+            peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
     # 1 device vs all devices.
     for devs in ([jax.devices()[0]], jax.devices()):
         m, toks, n_d = setup(devs, batch, seq)

@@ -35,6 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from kfac_mem import factors as fstore
+from kfac_mem.atomic import write_json_atomic
 from kfac_mem.capture import inputs_and_output_grads
 from kfac_mem.data import Windows
 from kfac_mem.head_loss import MODES
@@ -294,7 +295,7 @@ def collect(
             return fstore.FactorRun(out_dir)
     else:
         totals = zero_sums(sites, config.accumulate_dtype, shardings)
-    fstore.write_json_atomic(meta_path, {**identity, "progress": info})
+    write_json_atomic(meta_path, {**identity, "progress": info})
 
     if config.reduce == "checkpoint":
         partial_sh = partial_shardings(sites, mesh, rules)
@@ -346,7 +347,7 @@ def collect(
         if partials is not None:
             totals, partials = fold(totals, partials)
         fstore.save_state(manager, step, totals, info)
-        fstore.write_json_atomic(meta_path, {**identity, "progress": info})
+        write_json_atomic(meta_path, {**identity, "progress": info})
 
     for step in range(start_step, last):
         batch = batch_array(

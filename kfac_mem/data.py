@@ -43,6 +43,78 @@ class Windows:
             "seq_len": self.seq_len,
         }
 
+    # --- collect's data-source interface (shared with `LabelledExamples`) ---------------------
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The per-item arrays a batch is cut from (leading axis = item)."""
+        return (self.tokens,)
+
+    def as_batch(self, arrays: Sequence) -> object:
+        """The model's batch (`loss_targets` input) from the arrays' batch slices: token ids."""
+        return arrays[0]
+
+    @property
+    def positions_per_item(self) -> int:
+        """Positions one item spans (for progress units)."""
+        return self.seq_len
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledExamples:
+    """Labelled examples for classifiers (images [N, H, W, C] float32 + labels [N] int32) with
+    provenance: the same data-source interface as `Windows`, so `kfac_mem.collect` streams them
+    through the same code path; a batch is (inputs, labels), what `VisionModel.loss_targets`
+    takes. Which positions count (the CLS position for a ViT) is the model's `loss_targets`'
+    position weights."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    sources: tuple[str, ...]
+    fingerprint: str
+
+    def __post_init__(self):
+        if len(self.inputs) != len(self.labels) or np.ndim(self.labels) != 1:
+            raise ValueError(
+                f"`inputs` [N, ...] and `labels` [N] must have the same N; got "
+                f"{np.shape(self.inputs)} and {np.shape(self.labels)}."
+            )
+
+    @classmethod
+    def from_arrays(
+        cls, inputs: np.ndarray, labels: np.ndarray, source: str = "arrays"
+    ) -> LabelledExamples:
+        """Examples with a content fingerprint over both arrays (used by collect's resume check)."""
+        inputs = np.asarray(inputs, np.float32)
+        labels = np.asarray(labels, np.int32)
+        fp = hashlib.sha256(
+            (array_fingerprint(inputs) + array_fingerprint(labels)).encode()
+        ).hexdigest()[:16]
+        return cls(inputs, labels, (source,), fp)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def describe(self) -> dict:
+        return {
+            "sources": list(self.sources),
+            "fingerprint": self.fingerprint,
+            "n_examples": len(self),
+            "example_shape": list(self.inputs.shape[1:]),
+            "kind": "labelled",
+        }
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.inputs, self.labels)
+
+    def as_batch(self, arrays: Sequence) -> object:
+        return (arrays[0], arrays[1])
+
+    @property
+    def positions_per_item(self) -> int:
+        return 1
+
 
 def array_fingerprint(a: np.ndarray) -> str:
     h = hashlib.sha256(str((a.shape, str(a.dtype))).encode())

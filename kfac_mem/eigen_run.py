@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from kfac_mem.atomic import write_json_atomic
 from kfac_mem.eigen import (
     check_finite,
     local_rows,
@@ -36,7 +37,7 @@ from kfac_mem.eigen import (
     stack_shards,
     stacked_eigh,
 )
-from kfac_mem.factors import FactorRun, site_from_dict, site_to_dict, write_json_atomic
+from kfac_mem.factors import FactorRun, site_from_dict, site_to_dict
 from kfac_mem.treekeys import flatten, nest
 from models.partitioning import Rules
 from models.sites import LinearSite

@@ -63,15 +63,6 @@ def site_from_dict(d: Mapping[str, Any]) -> LinearSite:
     return LinearSite(**d)
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    if jax.process_index() != 0:
-        return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def read_metadata(directory: str) -> dict[str, Any]:
     path = os.path.join(directory, METADATA)
     if not os.path.isfile(path):

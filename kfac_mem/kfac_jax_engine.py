@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from kfac_mem import factors as fstore
+from kfac_mem.atomic import write_json_atomic
 from kfac_mem.head_loss import head_cotangent
 from kfac_mem.selection import input_groups
 from models.sites import LinearSite, get_path
@@ -194,5 +195,5 @@ def import_kfac_jax_state(
     }
     with fstore.checkpoint_manager(out_dir) as manager:
         fstore.save_state(manager, info["steps"], fstore.FactorSums(A, G), info)
-    fstore.write_json_atomic(os.path.join(out_dir, fstore.METADATA), {**identity, "progress": info})
+    write_json_atomic(os.path.join(out_dir, fstore.METADATA), {**identity, "progress": info})
     return fstore.FactorRun(out_dir)

@@ -73,7 +73,9 @@ class MeshConfig:
         shape = self.resolve_shape(len(devices))
         if len(devices) == len(jax.devices()):
             return jax.make_mesh(
-                shape, self.mesh_axes, devices=devices,
+                shape,
+                self.mesh_axes,
+                devices=devices,
                 axis_types=(jax.sharding.AxisType.Auto,) * len(self.mesh_axes),
             )
         return Mesh(np.asarray(devices).reshape(shape), self.mesh_axes)

@@ -60,17 +60,25 @@ class Attention(nn.Module):
 
         q_slots = cache_index + jnp.arange(t)
         if cache is not None:
-            k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, cache_index, 0, 0))
+            k = jax.lax.dynamic_update_slice(
+                cache.k, k.astype(cache.k.dtype), (0, cache_index, 0, 0)
+            )
+            v = jax.lax.dynamic_update_slice(
+                cache.v, v.astype(cache.v.dtype), (0, cache_index, 0, 0)
+            )
             cache = KVCache(k, v)
 
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = jnp.einsum(
+            "btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32
+        )
         scores = scores * (c.head_dim**-0.5)
         scores = jnp.where(attention_mask(q_slots, k_valid), scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(c.compute_dtype))
-        out = constrain(out.reshape(b, t, c.num_heads * c.head_dim), (axes.ACT_BATCH, axes.ACT_LENGTH, None))
+        out = constrain(
+            out.reshape(b, t, c.num_heads * c.head_dim), (axes.ACT_BATCH, axes.ACT_LENGTH, None)
+        )
         out = Linear(c.hidden_size, (axes.Q_HEADS, axes.EMBED), name="o_proj", **kw)(out)
         return out, cache

@@ -25,13 +25,19 @@ def is_model_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MODEL_CONFIG))
 
 
-def save_model(model: LanguageModel, directory: str, metadata: dict[str, Any] | None = None,
-               overwrite: bool = False) -> str:
+def save_model(
+    model: LanguageModel,
+    directory: str,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
     """Save `model` under `directory` (created). Refuses to overwrite unless `overwrite`."""
     directory = os.path.abspath(directory)
     if os.path.exists(os.path.join(directory, MODEL_CONFIG)) and not overwrite:
-        raise FileExistsError(f"{directory} already holds a model checkpoint; pass overwrite=True or "
-                              f"choose another output directory.")
+        raise FileExistsError(
+            f"{directory} already holds a model checkpoint; pass overwrite=True or "
+            f"choose another output directory."
+        )
     os.makedirs(directory, exist_ok=True)
     if jax.process_index() == 0 and os.path.exists(os.path.join(directory, MODEL_CONFIG)):
         os.remove(os.path.join(directory, MODEL_CONFIG))  # mark incomplete while rewriting
@@ -41,8 +47,13 @@ def save_model(model: LanguageModel, directory: str, metadata: dict[str, Any] | 
     if jax.process_index() == 0:
         if model.tokenizer is not None:
             model.tokenizer.save(os.path.join(directory, "tokenizer.json"))
-        info = {"format": FORMAT, "config": model.config.to_dict(), "source": model.source,
-                "fingerprint": model.fingerprint(), "metadata": metadata or {}}
+        info = {
+            "format": FORMAT,
+            "config": model.config.to_dict(),
+            "source": model.source,
+            "fingerprint": model.fingerprint(),
+            "metadata": metadata or {},
+        }
         tmp = os.path.join(directory, MODEL_CONFIG + ".tmp")
         with open(tmp, "w") as f:
             json.dump(info, f, indent=2)
@@ -53,29 +64,38 @@ def save_model(model: LanguageModel, directory: str, metadata: dict[str, Any] | 
 def read_model_info(directory: str) -> dict[str, Any]:
     path = os.path.join(directory, MODEL_CONFIG)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{directory}: no {MODEL_CONFIG}; not a (complete) model checkpoint.")
+        raise FileNotFoundError(
+            f"{directory}: no {MODEL_CONFIG}; not a (complete) model checkpoint."
+        )
     with open(path) as f:
         info = json.load(f)
     if info.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {info.get('format')!r} (expected {FORMAT}).")
+        raise ValueError(
+            f"{path}: unknown checkpoint format {info.get('format')!r} (expected {FORMAT})."
+        )
     return info
 
 
-def restore_params(directory: str, config: DecoderConfig, mesh=None, rules: Rules | None = None) -> Params:
+def restore_params(
+    directory: str, config: DecoderConfig, mesh=None, rules: Rules | None = None
+) -> Params:
     shapes, _ = abstract_params(config)
     shardings = param_shardings(config, mesh, rules)
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree_util.tree_map(lambda _: device, shapes)
     target = jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, config.storage_dtype, sharding=sh), shapes, shardings
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, config.storage_dtype, sharding=sh),
+        shapes,
+        shardings,
     )
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(os.path.join(os.path.abspath(directory), "params"), target)
 
 
-def load_model_checkpoint(directory: str, mesh=None, rules: Rules | None = None,
-                          **config_overrides: Any) -> LanguageModel:
+def load_model_checkpoint(
+    directory: str, mesh=None, rules: Rules | None = None, **config_overrides: Any
+) -> LanguageModel:
     info = read_model_info(directory)
     config = DecoderConfig.from_dict(info["config"]).replace(**config_overrides)
     tokenizer = None

@@ -70,7 +70,9 @@ class DecoderConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
-            raise ValueError(f"Unknown DecoderConfig fields {unknown}; known fields: {sorted(fields)}.")
+            raise ValueError(
+                f"Unknown DecoderConfig fields {unknown}; known fields: {sorted(fields)}."
+            )
         return cls(**d)
 
     def num_params(self) -> int:
@@ -85,21 +87,60 @@ class DecoderConfig:
 
 def olmo2_1b() -> DecoderConfig:
     """allenai/OLMo-2-0425-1B."""
-    return DecoderConfig("olmo2", 100352, 2048, 8192, 16, 16, 16, 128, 500000.0, 1e-6,
-                         max_position_embeddings=4096, eos_token_id=100257, pad_token_id=100277)
+    return DecoderConfig(
+        "olmo2",
+        100352,
+        2048,
+        8192,
+        16,
+        16,
+        16,
+        128,
+        500000.0,
+        1e-6,
+        max_position_embeddings=4096,
+        eos_token_id=100257,
+        pad_token_id=100277,
+    )
 
 
 def olmo2_7b() -> DecoderConfig:
     """allenai/OLMo-2-1124-7B."""
-    return DecoderConfig("olmo2", 100352, 4096, 11008, 32, 32, 32, 128, 500000.0, 1e-6,
-                         max_position_embeddings=4096, eos_token_id=100257, pad_token_id=100277)
+    return DecoderConfig(
+        "olmo2",
+        100352,
+        4096,
+        11008,
+        32,
+        32,
+        32,
+        128,
+        500000.0,
+        1e-6,
+        max_position_embeddings=4096,
+        eos_token_id=100257,
+        pad_token_id=100277,
+    )
 
 
 def smollm2_135m() -> DecoderConfig:
     """HuggingFaceTB/SmolLM2-135M(-Instruct): Llama architecture, GQA 9/3, tied embeddings."""
-    return DecoderConfig("llama", 49152, 576, 1536, 30, 9, 3, 64, 100000.0, 1e-5,
-                         tie_word_embeddings=True, max_position_embeddings=8192,
-                         bos_token_id=1, eos_token_id=2)
+    return DecoderConfig(
+        "llama",
+        49152,
+        576,
+        1536,
+        30,
+        9,
+        3,
+        64,
+        100000.0,
+        1e-5,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def tiny_olmo2() -> DecoderConfig:
@@ -109,13 +150,16 @@ def tiny_olmo2() -> DecoderConfig:
 
 def tiny_llama() -> DecoderConfig:
     """A few-kB Llama for tests (GQA 4/2, tied embeddings)."""
-    return DecoderConfig("llama", 256, 64, 128, 2, 4, 2, 16, 100000.0, 1e-5, tie_word_embeddings=True)
+    return DecoderConfig(
+        "llama", 256, 64, 128, 2, 4, 2, 16, 100000.0, 1e-5, tie_word_embeddings=True
+    )
 
 
 def demo_olmo2() -> DecoderConfig:
     """The `kfac-mem demo` model: 4 layers, d=256, SwiGLU 768, 4 heads, BPE 2048."""
-    return DecoderConfig("olmo2", 2048, 256, 768, 4, 4, 4, 64, 10000.0, 1e-6,
-                         max_position_embeddings=512)
+    return DecoderConfig(
+        "olmo2", 2048, 256, 768, 4, 4, 4, 64, 10000.0, 1e-6, max_position_embeddings=512
+    )
 
 
 PRESETS = {
@@ -132,4 +176,6 @@ def get_config(name: str) -> DecoderConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ValueError(f"Unknown preset {name!r}; available presets: {sorted(PRESETS)}.") from None
+        raise ValueError(
+            f"Unknown preset {name!r}; available presets: {sorted(PRESETS)}."
+        ) from None

@@ -73,8 +73,12 @@ class Decoder(nn.Module):
         c = self.config
         self.model = Backbone(c, self.remat)
         if not c.tie_word_embeddings:
-            self.lm_head = Linear(c.vocab_size, (axes.EMBED, axes.VOCAB),
-                                  dtype=c.compute_dtype, param_dtype=c.storage_dtype)
+            self.lm_head = Linear(
+                c.vocab_size,
+                (axes.EMBED, axes.VOCAB),
+                dtype=c.compute_dtype,
+                param_dtype=c.storage_dtype,
+            )
 
     def __call__(
         self,

@@ -45,7 +45,9 @@ def _field(reader, key: str, default: Any = KeyError) -> Any:
     field = reader.fields.get(key)
     if field is None:
         if default is KeyError:
-            raise ValueError(f"GGUF metadata key `{key}` is missing; cannot build the model config.")
+            raise ValueError(
+                f"GGUF metadata key `{key}` is missing; cannot build the model config."
+            )
         return default
     return field.contents()
 
@@ -127,7 +129,9 @@ class GGUFCheckpoint:
         r = self.reader
         kind = _field(r, "tokenizer.ggml.model", None)
         if kind != "gpt2":
-            raise ValueError(f"{self.path}: tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2').")
+            raise ValueError(
+                f"{self.path}: tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2')."
+            )
         tokens = list(_field(r, "tokenizer.ggml.tokens"))
         merges = [tuple(m.split(" ", 1)) for m in _field(r, "tokenizer.ggml.merges")]
         types = list(_field(r, "tokenizer.ggml.token_type", [1] * len(tokens)))
@@ -137,5 +141,7 @@ class GGUFCheckpoint:
             pre.insert(0, pre_tokenizers.Digits(individual_digits=True))
         tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
         tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens([AddedToken(t, special=True) for t, ty in zip(tokens, types) if ty == 3])
+        tok.add_special_tokens(
+            [AddedToken(t, special=True) for t, ty in zip(tokens, types) if ty == 3]
+        )
         return tok

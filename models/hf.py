@@ -20,9 +20,21 @@ from models.safetensors_io import SafetensorsFile, write_safetensors
 MODEL_TYPES = {"olmo2": ("olmo2", "Olmo2ForCausalLM"), "llama": ("llama", "LlamaForCausalLM")}
 
 _HANDLED = {
-    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_parameters",
-    "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "bos_token_id", "eos_token_id",
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rope_theta",
+    "rope_parameters",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "max_position_embeddings",
+    "bos_token_id",
+    "eos_token_id",
     "pad_token_id",
 }
 # Attributes accepted only with these values (anything else changes the forward pass).
@@ -40,14 +52,33 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 # Attributes with no effect on the forward pass.
 _IGNORED = {
-    "architectures", "transformers_version", "torch_dtype", "dtype", "use_cache", "initializer_range",
-    "_name_or_path", "output_hidden_states", "output_attentions", "return_dict",
-    "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type",
-    "pretraining_tp", "tokenizer_class", "auto_map", "clip_qkv", "torchscript", "_attn_implementation",
+    "architectures",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "initializer_range",
+    "_name_or_path",
+    "output_hidden_states",
+    "output_attentions",
+    "return_dict",
+    "chunk_size_feed_forward",
+    "is_encoder_decoder",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "pretraining_tp",
+    "tokenizer_class",
+    "auto_map",
+    "clip_qkv",
+    "torchscript",
+    "_attn_implementation",
 }
 
 
-def config_from_hf(hf: dict[str, Any], origin: str = "config.json", **overrides: Any) -> DecoderConfig:
+def config_from_hf(
+    hf: dict[str, Any], origin: str = "config.json", **overrides: Any
+) -> DecoderConfig:
     """Translate an HF config dict; raise naming any attribute this implementation cannot honour."""
     model_type = hf.get("model_type")
     family = {"olmo2": "olmo2", "llama": "llama"}.get(model_type)
@@ -164,12 +195,14 @@ def hf_tensor_source(directory: str) -> TensorSource:
             )
         st = SafetensorsFile(path)
         for name in st.names:
-            getters[name] = (lambda st=st, name=name: st.array(name))
+            getters[name] = lambda st=st, name=name: st.array(name)
             where[name] = path
     return TensorSource(getters, where, directory)
 
 
-def export_hf(config: DecoderConfig, params, directory: str, tokenizer=None, dtype: str | None = None) -> str:
+def export_hf(
+    config: DecoderConfig, params, directory: str, tokenizer=None, dtype: str | None = None
+) -> str:
     """Write an HF checkpoint directory (config.json, model.safetensors[, tokenizer.json]).
 
     `dtype` (e.g. "bfloat16") defaults to the parameters' own dtype. Only process 0 writes.

@@ -31,13 +31,13 @@ Params = dict[str, Any]
 def abstract_params(config: DecoderConfig) -> tuple[Params, Params]:
     """(ShapeDtypeStruct tree, logical-axes tree) of a decoder's parameters, without allocating."""
     module = Decoder(config)
-    variables = jax.eval_shape(
-        lambda: module.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-    )
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
     logical = nn.get_partition_spec(variables)["params"]
     shapes = nn.unbox(variables)["params"]
     logical = jax.tree_util.tree_map(
-        lambda spec: tuple(spec), logical, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+        lambda spec: tuple(spec),
+        logical,
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
     )
     return shapes, logical
 
@@ -55,8 +55,9 @@ def param_shardings(config: DecoderConfig, mesh: Mesh | None, rules: Rules | Non
     )
 
 
-def init_params(config: DecoderConfig, seed: int = 0, mesh: Mesh | None = None,
-                rules: Rules | None = None) -> Params:
+def init_params(
+    config: DecoderConfig, seed: int = 0, mesh: Mesh | None = None, rules: Rules | None = None
+) -> Params:
     """Random parameters (normal(0.02) kernels, unit norms), created directly in their shardings."""
     module = Decoder(config)
 
@@ -88,14 +89,19 @@ def _strided(x, stride, mesh):
     y = x.reshape(-1)[::stride]
     if mesh is None:
         return y
-    return jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    return jax.lax.with_sharding_constraint(
+        y, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    )
 
 
 def freeze_rules(rules: Rules | None) -> tuple | None:
     """A hashable copy of a rule table."""
     if rules is None:
         return None
-    return tuple((name, axes if axes is None or isinstance(axes, str) else tuple(axes)) for name, axes in rules)
+    return tuple(
+        (name, axes if axes is None or isinstance(axes, str) else tuple(axes))
+        for name, axes in rules
+    )
 
 
 @dataclasses.dataclass(eq=False)
@@ -159,7 +165,11 @@ class LanguageModel:
         token_ids = jnp.asarray(token_ids, jnp.int32)
         if token_ids.ndim != 2:
             raise ValueError(f"`token_ids` must be [batch, seq], got shape {token_ids.shape}.")
-        mask = jnp.ones_like(token_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        mask = (
+            jnp.ones_like(token_ids)
+            if attention_mask is None
+            else jnp.asarray(attention_mask, jnp.int32)
+        )
         return self._logits_fn(self.params, token_ids, mask)
 
     # --- curvature protocol -------------------------------------------------------------------

@@ -60,8 +60,10 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, (axes.NORM,)),
-            (x.shape[-1],), self.param_dtype,
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (axes.NORM,)),
+            (x.shape[-1],),
+            self.param_dtype,
         )
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)

@@ -20,7 +20,9 @@ class LlamaBlock(nn.Module):
         c = self.config
         kw = dict(dtype=c.compute_dtype, param_dtype=c.storage_dtype)
         h = RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
-        attn, cache = Attention(c, qk_norm=False, name="self_attn")(h, cos, sin, k_valid, cache, cache_index)
+        attn, cache = Attention(c, qk_norm=False, name="self_attn")(
+            h, cos, sin, k_valid, cache, cache_index
+        )
         x = x + attn
         h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
         x = x + SwiGLU(c.hidden_size, c.intermediate_size, name="mlp", **kw)(h)

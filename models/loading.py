@@ -61,7 +61,9 @@ def load_pretrained(
     elif path_or_preset in PRESETS:
         config = get_config(path_or_preset).replace(**overrides)
         params = init_params(config, seed, mesh, rules)
-        return LanguageModel(config, params, None, mesh, rules, source=f"preset:{path_or_preset}:seed{seed}")
+        return LanguageModel(
+            config, params, None, mesh, rules, source=f"preset:{path_or_preset}:seed{seed}"
+        )
 
     path = os.path.abspath(os.path.expanduser(path_or_preset))
     if path.endswith(".gguf"):
@@ -83,7 +85,9 @@ def load_pretrained(
             f"save was interrupted. Save the model again (`save_model(..., overwrite=True)`)."
         )
     if os.path.isdir(path):
-        config = hf.config_from_hf(hf.read_hf_config(path), os.path.join(path, "config.json"), **overrides)
+        config = hf.config_from_hf(
+            hf.read_hf_config(path), os.path.join(path, "config.json"), **overrides
+        )
         params = place_params(config, hf.hf_tensor_source(path), mesh, rules)
         tokenizer = None
         if os.path.isfile(os.path.join(path, "tokenizer.json")):

@@ -21,9 +21,10 @@ class Olmo2Block(nn.Module):
     def __call__(self, x, cos, sin, k_valid, cache: KVCache | None = None, cache_index=0):
         c = self.config
         kw = dict(dtype=c.compute_dtype, param_dtype=c.storage_dtype)
-        attn, cache = Attention(c, qk_norm=True, name="self_attn")(x, cos, sin, k_valid, cache, cache_index)
+        attn, cache = Attention(c, qk_norm=True, name="self_attn")(
+            x, cos, sin, k_valid, cache, cache_index
+        )
         x = x + RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(attn)
         mlp = SwiGLU(c.hidden_size, c.intermediate_size, name="mlp", **kw)(x)
         x = x + RMSNorm(c.rms_norm_eps, name="post_feedforward_layernorm", **kw)(mlp)
         return x, cache
-

@@ -102,4 +102,6 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     if ctx is None or ctx[0].size == 1:
         return x
     mesh, rules = ctx
-    return jax.lax.with_sharding_constraint(x, logical_to_sharding(logical_axes, x.shape, mesh, rules))
+    return jax.lax.with_sharding_constraint(
+        x, logical_to_sharding(logical_axes, x.shape, mesh, rules)
+    )

@@ -25,7 +25,9 @@ IGNORED_TENSORS = ("rotary_emb.inv_freq",)
 class TensorSource:
     """name -> array-like in HF layout; `where(name)` says which file holds it (for errors)."""
 
-    def __init__(self, getters: dict[str, Callable[[], np.ndarray]], where: dict[str, str], origin: str):
+    def __init__(
+        self, getters: dict[str, Callable[[], np.ndarray]], where: dict[str, str], origin: str
+    ):
         self._getters = getters
         self._where = where
         self.origin = origin
@@ -48,8 +50,12 @@ def hf_name(path: tuple[str, ...]) -> tuple[str, bool]:
     return ".".join(path[:-1]) + ".weight", leaf == "kernel"
 
 
-def place_params(config: DecoderConfig, source: TensorSource, mesh: Mesh | None = None,
-                 rules: Rules | None = None) -> Params:
+def place_params(
+    config: DecoderConfig,
+    source: TensorSource,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+) -> Params:
     shapes, logical = abstract_params(config)
     available = set(source.names())
     used: set[str] = set()
@@ -74,7 +80,9 @@ def place_params(config: DecoderConfig, source: TensorSource, mesh: Mesh | None 
                 f"implies {expected}. Fix config.json (hidden_size, intermediate_size, heads, "
                 f"head_dim, vocab_size) or use the weights it describes."
             )
-        sharding = device if mesh is None else logical_to_sharding(axes, sds.shape, mesh, rules or ())
+        sharding = (
+            device if mesh is None else logical_to_sharding(axes, sds.shape, mesh, rules or ())
+        )
 
         def shard(index):
             block = tensor[tuple(reversed(index))].T if transposed else tensor[index]
@@ -83,12 +91,16 @@ def place_params(config: DecoderConfig, source: TensorSource, mesh: Mesh | None 
         return jax.make_array_from_callback(sds.shape, sharding, shard)
 
     params = jax.tree_util.tree_map_with_path(
-        lambda p, s, a: load(p, s, a), shapes, logical,
+        lambda p, s, a: load(p, s, a),
+        shapes,
+        logical,
         is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
     )
     leftover = sorted(
-        n for n in available - used
-        if not n.endswith(IGNORED_TENSORS) and not (config.tie_word_embeddings and n == "lm_head.weight")
+        n
+        for n in available - used
+        if not n.endswith(IGNORED_TENSORS)
+        and not (config.tie_word_embeddings and n == "lm_head.weight")
     )
     if leftover:
         raise ValueError(

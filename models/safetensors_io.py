@@ -57,11 +57,15 @@ class SafetensorsFile:
         entry = self._entries[name]
         dtype = _DTYPES.get(entry["dtype"])
         if dtype is None:
-            raise ValueError(f"{self.path}: tensor `{name}` has unsupported dtype {entry['dtype']}.")
+            raise ValueError(
+                f"{self.path}: tensor `{name}` has unsupported dtype {entry['dtype']}."
+            )
         start, end = entry["data_offsets"]
         shape = tuple(entry["shape"])
         if end - start != int(np.prod(shape)) * dtype.itemsize:
-            raise ValueError(f"{self.path}: tensor `{name}` byte range does not match its shape {shape}.")
+            raise ValueError(
+                f"{self.path}: tensor `{name}` byte range does not match its shape {shape}."
+            )
         if not shape or end == start:
             with open(self.path, "rb") as f:
                 f.seek(self._base + start)
@@ -69,7 +73,9 @@ class SafetensorsFile:
         return np.memmap(self.path, dtype=dtype, mode="r", offset=self._base + start, shape=shape)
 
 
-def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: dict | None = None) -> None:
+def write_safetensors(
+    path: str, tensors: Mapping[str, np.ndarray], metadata: dict | None = None
+) -> None:
     """Write `tensors` to `path` atomically (temporary file + rename)."""
     header: dict = {}
     offset = 0
@@ -79,8 +85,11 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: di
         if arr.dtype not in _NAMES:
             raise ValueError(f"Cannot write tensor `{name}` of dtype {arr.dtype} to safetensors.")
         arrays[name] = arr
-        header[name] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + arr.nbytes]}
+        header[name] = {
+            "dtype": _NAMES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
         offset += arr.nbytes
     if metadata:
         header["__metadata__"] = {k: str(v) for k, v in metadata.items()}

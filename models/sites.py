@@ -73,7 +73,15 @@ def decoder_sites(config) -> list[LinearSite]:
     """All linear sites of an OLMo-2/Llama decoder (the head excluded), in forward order."""
     d, f = config.hidden_size, config.intermediate_size
     q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    dims = {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d), "gate": (d, f), "up": (d, f), "down": (f, d)}
+    dims = {
+        "q": (d, q),
+        "k": (d, kv),
+        "v": (d, kv),
+        "o": (q, d),
+        "gate": (d, f),
+        "up": (d, f),
+        "down": (f, d),
+    }
     return [
         make_site("model.layers", i, p, *dims[p])
         for i in range(config.num_layers)

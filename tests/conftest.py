@@ -7,10 +7,10 @@ if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
-from kfac_mem.sharding import make_mesh  # noqa: E402
+from kfac_mem.sharding import make_mesh
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kfac_mem.atomic import write_json_atomic
 from kfac_mem.factors import (
     FORMAT,
     METADATA,
@@ -18,7 +19,6 @@ from kfac_mem.factors import (
     checkpoint_manager,
     save_state,
     site_to_dict,
-    write_json_atomic,
 )
 from models.sites import LinearSite
 

@@ -12,8 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kfac_mem import load_factors
-from kfac_mem.collect import CollectConfig, NonFiniteError, collect, make_step, partial_shardings, zero_sums
+from kfac_mem.collect import (
+    CollectConfig,
+    NonFiniteError,
+    collect,
+    make_step,
+    partial_shardings,
+    zero_sums,
+)
 from kfac_mem.data import Windows, array_fingerprint, load_windows
 from kfac_mem.head_loss import head_cotangent
 from kfac_mem.selection import select_sites
@@ -46,7 +52,9 @@ def brute_force(model, toks, site_ids, mode, seed, batch_size, chunk):
     @jax.jit
     def sampled_labels(inputs, labels, weights, key):
         hidden, _ = model.hidden_states(params, inputs)
-        return head_cotangent(hidden, model.head_kernel(params), None, labels, weights, mode, key, chunk)[2]
+        return head_cotangent(
+            hidden, model.head_kernel(params), None, labels, weights, mode, key, chunk
+        )[2]
 
     @functools.partial(jax.jit, static_argnums=0)
     def grad_and_input(sid, inputs, labels, weights):
@@ -63,7 +71,9 @@ def brute_force(model, toks, site_ids, mode, seed, batch_size, chunk):
         x = jnp.asarray(toks[b * batch_size : (b + 1) * batch_size])
         inputs, labels, weights = model.loss_targets(x)
         if mode == "sampled":  # the same draws the collector makes (the sampler is tested below)
-            labels = sampled_labels(inputs, labels, weights, jax.random.fold_in(jax.random.key(seed), b))
+            labels = sampled_labels(
+                inputs, labels, weights, jax.random.fold_in(jax.random.key(seed), b)
+            )
         for sid in site_ids:
             g, a = grad_and_input(sid, inputs, labels, weights)
             a = np.asarray(a, np.float64)[:, :-1].reshape(-1, sites[sid].d_in)
@@ -88,8 +98,14 @@ def test_factors_equal_brute_force(olmo8, tmp_path, mode):
     ]
     sites = select_sites(olmo8.linear_sites(), ids=ids)
     w = windows()
-    run = collect(olmo8, w, sites, str(tmp_path), CollectConfig(mode=mode, batch_size=8, vocab_chunk=100),
-                  progress=False)
+    run = collect(
+        olmo8,
+        w,
+        sites,
+        str(tmp_path),
+        CollectConfig(mode=mode, batch_size=8, vocab_chunk=100),
+        progress=False,
+    )
     A, G, n = brute_force(olmo8, w.tokens, ids, mode, 0, 8, 100)
     assert run.n_tokens == n == 16 * (SEQ - 1)
     for sid in ids:
@@ -122,8 +138,16 @@ def test_head_cotangent_matches_autodiff_and_sampler_is_softmax():
     hz = jnp.broadcast_to(jnp.eye(7)[None], (4000, 7, 7))[:, :1]  # [4000, 1, 7] one-hot rows
     Wz = jnp.broadcast_to(z[None], (7, 7)).T * jnp.eye(7)  # h @ Wz = z for h = e_0 ... use direct:
     Wz = jnp.zeros((7, 7)).at[0].set(z)
-    _, _, s = head_cotangent(hz, Wz, None, jnp.zeros((4000, 1), int), jnp.ones((4000, 1)), "sampled",
-                             jax.random.key(0), chunk=3)
+    _, _, s = head_cotangent(
+        hz,
+        Wz,
+        None,
+        jnp.zeros((4000, 1), int),
+        jnp.ones((4000, 1)),
+        "sampled",
+        jax.random.key(0),
+        chunk=3,
+    )
     freq = np.bincount(np.asarray(s).ravel(), minlength=7) / 4000
     np.testing.assert_allclose(freq, jax.nn.softmax(z), atol=0.03)
 
@@ -131,7 +155,9 @@ def test_head_cotangent_matches_autodiff_and_sampler_is_softmax():
 @pytest.mark.multidevice
 @pytest.mark.parametrize("reduce", ["checkpoint", "step"])
 def test_one_vs_eight_devices(olmo1, olmo8, tmp_path, reduce):
-    sites = select_sites(olmo8.linear_sites(), layers=[0, 1], projections=["gate", "up", "down", "k"])
+    sites = select_sites(
+        olmo8.linear_sites(), layers=[0, 1], projections=["gate", "up", "down", "k"]
+    )
     cfg = CollectConfig(mode="sampled", batch_size=8, vocab_chunk=64, reduce=reduce)
     r1 = collect(olmo1, windows(), sites, str(tmp_path / "one"), cfg, progress=False)
     r8 = collect(olmo8, windows(), sites, str(tmp_path / "eight"), cfg, progress=False)
@@ -155,10 +181,16 @@ def test_resume_equals_uninterrupted_and_refuses_other_runs(olmo8, tmp_path):
     for s in sites:
         np.testing.assert_array_equal(done[s.id].A, full[s.id].A)
         np.testing.assert_array_equal(done[s.id].G, full[s.id].G)
-    with pytest.raises(ValueError, match="differs in.*mode"):
-        collect(olmo8, w, sites, str(tmp_path / "part"), CollectConfig(mode="empirical", batch_size=8),
-                progress=False)
-    with pytest.raises(ValueError, match="differs in.*corpus"):
+    with pytest.raises(ValueError, match=r"differs in.*mode"):
+        collect(
+            olmo8,
+            w,
+            sites,
+            str(tmp_path / "part"),
+            CollectConfig(mode="empirical", batch_size=8),
+            progress=False,
+        )
+    with pytest.raises(ValueError, match=r"differs in.*corpus"):
         collect(olmo8, windows(n=32, seed=1), sites, str(tmp_path / "part"), cfg, progress=False)
 
 
@@ -168,7 +200,9 @@ def test_kfac_jax_engine_equals_native(mesh8, tmp_path, mode):
     sites = select_sites(model.linear_sites(), projections=["q", "k", "o", "gate", "up", "down"])
     cfg = CollectConfig(mode=mode, batch_size=8, vocab_chunk=100)
     native = collect(model, windows(), sites, str(tmp_path / "n"), cfg, progress=False)
-    ours = collect(model, windows(), sites, str(tmp_path / "k"), cfg, engine="kfac-jax", progress=False)
+    ours = collect(
+        model, windows(), sites, str(tmp_path / "k"), cfg, engine="kfac-jax", progress=False
+    )
     for s in sites:
         assert rel(ours[s.id].A, native[s.id].A) < 1e-5, s.id
         assert rel(ours[s.id].G, native[s.id].G) < 1e-5, s.id
@@ -183,13 +217,29 @@ def test_import_kfac_jax_state(tmp_path):
     est = _estimator(model)
     args = lambda x: (model.params, (jnp.asarray(x[:, :-1]), jnp.asarray(x[:, 1:])))  # noqa: E731
     state = jax.jit(lambda a: est.init(jax.random.key(0), a, None, None))(args(toks[:4]))
-    update = jax.jit(lambda st, a: est.update_curvature_matrix_estimate(
-        st, ema_old=1.0, ema_new=1.0, identity_weight=0.0, batch_size=4, rng=jax.random.key(1),
-        func_args=a))
+    update = jax.jit(
+        lambda st, a: est.update_curvature_matrix_estimate(
+            st,
+            ema_old=1.0,
+            ema_new=1.0,
+            identity_weight=0.0,
+            batch_size=4,
+            rng=jax.random.key(1),
+            func_args=a,
+        )
+    )
     for half in (toks[:4], toks[4:]):
         state = update(state, args(half))
-    run = import_kfac_jax_state(est, state, model, sites, str(tmp_path / "imp"), batch_size=4,
-                                positions_per_example=SEQ - 1, mode="empirical")
+    run = import_kfac_jax_state(
+        est,
+        state,
+        model,
+        sites,
+        str(tmp_path / "imp"),
+        batch_size=4,
+        positions_per_example=SEQ - 1,
+        mode="empirical",
+    )
     A, G, n = brute_force(model, toks, [s.id for s in sites], "empirical", 0, 4, 256)
     assert run.n_tokens == n
     for s in sites:
@@ -197,7 +247,7 @@ def test_import_kfac_jax_state(tmp_path):
 
 
 def test_bad_input(olmo8, tmp_path):
-    with pytest.raises(ValueError, match="Unknown layer ids.*closest"):
+    with pytest.raises(ValueError, match=r"Unknown layer ids.*closest"):
         select_sites(olmo8.linear_sites(), ids=["model.layers.0.mlp.gate"])
     with pytest.raises(ValueError, match="do not exist"):
         select_sites(olmo8.linear_sites(), layers=[7], projections=["gate"])
@@ -206,8 +256,14 @@ def test_bad_input(olmo8, tmp_path):
     with pytest.raises(ValueError, match="shorter than one window"):
         load_windows([str(short)], seq_len=64, tokenizer=_CharTokenizer())
     with pytest.raises(ValueError, match="fewer than one batch"):
-        collect(olmo8, windows(n=4), select_sites(olmo8.linear_sites(), layers=[0]), str(tmp_path / "x"),
-                CollectConfig(batch_size=8), progress=False)
+        collect(
+            olmo8,
+            windows(n=4),
+            select_sites(olmo8.linear_sites(), layers=[0]),
+            str(tmp_path / "x"),
+            CollectConfig(batch_size=8),
+            progress=False,
+        )
     # A NaN weight in layer 1's MLP: the run names the layer and step and saves nothing of it.
     params = jax.tree_util.tree_map(lambda x: x, olmo8.params)
     k = params["model"]["layers"]["1"]["mlp"]["up_proj"]["kernel"]
@@ -215,7 +271,14 @@ def test_bad_input(olmo8, tmp_path):
     bad = olmo8.with_params(params)
     sites = select_sites(bad.linear_sites(), layers=[1], projections=["down"])
     with pytest.raises(NonFiniteError, match=r"step 0.*mlp\.down_proj"):
-        collect(bad, windows(), sites, str(tmp_path / "nan"), CollectConfig(batch_size=8), progress=False)
+        collect(
+            bad,
+            windows(),
+            sites,
+            str(tmp_path / "nan"),
+            CollectConfig(batch_size=8),
+            progress=False,
+        )
     assert not os.path.exists(tmp_path / "nan" / "state" / "0")
     assert json.load(open(tmp_path / "nan" / "metadata.json"))["progress"]["n_tokens"] == 0
 
@@ -235,8 +298,10 @@ def _dots(txt):
 
 def test_backward_stops_at_lowest_selected_layer_and_no_factor_collectives(olmo8, mesh8):
     mesh, rules = mesh8
-    x = jax.device_put(jnp.zeros((8, SEQ), jnp.int32),
-                       logical_to_sharding(("activation_batch", None), (8, SEQ), mesh, rules))
+    x = jax.device_put(
+        jnp.zeros((8, SEQ), jnp.int32),
+        logical_to_sharding(("activation_batch", None), (8, SEQ), mesh, rules),
+    )
 
     def compiled(layer):
         sites = select_sites(olmo8.linear_sites(), layers=[layer], projections=["up"])
@@ -250,6 +315,9 @@ def test_backward_stops_at_lowest_selected_layer_and_no_factor_collectives(olmo8
     assert _dots(top) < _dots(bottom)
     # Per-shard partial sums: no factor-sized collective inside the step.
     for txt in (top, bottom):
-        big = [ln for ln in txt.splitlines() if re.search(r"all-reduce(-start)?\(|reduce-scatter\(", ln)
-               and "128,128" in ln]
+        big = [
+            ln
+            for ln in txt.splitlines()
+            if re.search(r"all-reduce(-start)?\(|reduce-scatter\(", ln) and "128,128" in ln
+        ]
         assert not big, big

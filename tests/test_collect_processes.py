@@ -18,8 +18,23 @@ from kfac_mem.data import load_windows
 from kfac_mem.selection import select_sites
 from models import load_pretrained
 
-COLLECT = [sys.executable, "-m", "kfac_mem.cli", "collect", "--model", "tiny-olmo2", "--mode", "sampled",
-           "--layers", "0,1", "--projections", "gate,up,down", "--batch-size", "8", "--no-progress"]
+COLLECT = [
+    sys.executable,
+    "-m",
+    "kfac_mem.cli",
+    "collect",
+    "--model",
+    "tiny-olmo2",
+    "--mode",
+    "sampled",
+    "--layers",
+    "0,1",
+    "--projections",
+    "gate,up,down",
+    "--batch-size",
+    "8",
+    "--no-progress",
+]
 
 
 def env(devices: int) -> dict:
@@ -53,7 +68,9 @@ def test_killed_run_resumes_to_the_same_factors(mesh8, tmp_path):
     proc = subprocess.Popen(cmd, env=env(8), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = os.path.join(out, "state")
     deadline = time.time() + 120
-    while time.time() < deadline and not (os.path.isdir(state) and any(d.isdigit() for d in os.listdir(state))):
+    while time.time() < deadline and not (
+        os.path.isdir(state) and any(d.isdigit() for d in os.listdir(state))
+    ):
         time.sleep(0.02)
     proc.kill()  # SIGKILL mid-run: no cleanup handlers run
     proc.wait()
@@ -75,13 +92,31 @@ def test_two_processes_equal_one(mesh8, tmp_path):
         port = s.getsockname()[1]
     out = str(tmp_path / "factors")
     procs = [
-        subprocess.Popen([*COLLECT, "--data", tokens, "--out", out, "--coordinator", f"localhost:{port}",
-                          "--num-processes", "2", "--process-id", str(i)],
-                         env=env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [
+                *COLLECT,
+                "--data",
+                tokens,
+                "--out",
+                out,
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env=env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     two = load_factors(out)
     assert two.complete
-    assert_same(two, in_process_reference(tokens, str(tmp_path / "ref"), mesh8, save_every=100), rtol=1e-5)
+    assert_same(
+        two, in_process_reference(tokens, str(tmp_path / "ref"), mesh8, save_every=100), rtol=1e-5
+    )

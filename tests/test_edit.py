@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from factor_fixtures import write_factor_run
 
 from kfac_mem import load_factors
 from kfac_mem.cli import main as cli_main
@@ -29,7 +30,6 @@ from kfac_mem.eigen_run import SiteEigen, decompose_run, load_eigen, save_correc
 from models import export_hf, load_pretrained
 from models.language_model import param_shardings
 from models.sites import decoder_sites, get_path
-from factor_fixtures import write_factor_run
 
 GATE0 = "model.layers.0.mlp.gate_proj"
 RHOS = (1e-4, 0.05, 0.3, 0.6, 0.9, 0.99, 0.9999, 1.0)

@@ -7,6 +7,7 @@ import re
 import jax
 import numpy as np
 import pytest
+from factor_fixtures import random_spd, write_factor_run
 
 from kfac_mem import load_factors
 from kfac_mem.cli import main as cli_main
@@ -20,7 +21,6 @@ from kfac_mem.eigen import (
 )
 from kfac_mem.eigen_run import decompose_run, load_eigen, save_corrected_eigenvalues
 from models import load_pretrained
-from factor_fixtures import random_spd, write_factor_run
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
 

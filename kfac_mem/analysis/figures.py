@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from kfac_mem.atomic import write_atomic
+
 MAX_LAYER_ROWS = 12
 
 
 def _save(fig: Figure, path: str) -> str:
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda f: fig.savefig(f, dpi=90, format="png"), binary=True)
 
 
 def _short(site_id: str) -> str:

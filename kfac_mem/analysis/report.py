@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from kfac_mem.evaluation.io import write_json_atomic
+from kfac_mem.atomic import write_json_atomic, write_text_atomic
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -263,10 +263,7 @@ def write_report(
         paths = write_figures(out_dir, report, spectra_arrays)
     report["figures"] = paths
     md = render_markdown(report, paths, out_dir)
-    tmp = os.path.join(out_dir, f"{REPORT_MD}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(md)
-    os.replace(tmp, os.path.join(out_dir, REPORT_MD))
+    write_text_atomic(os.path.join(out_dir, REPORT_MD), md)
     write_json_atomic(os.path.join(out_dir, REPORT_JSON), _clean_json(report))
 
 

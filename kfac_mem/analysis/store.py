@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import tensorstore as ts
 
-from kfac_mem.evaluation.io import write_json_atomic
+from kfac_mem.atomic import write_json_atomic
 
 ARRAYS_DIR = "arrays"
 INDEX = "index.json"

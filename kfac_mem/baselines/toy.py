@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from kfac_mem.evaluation.io import write_json_atomic, write_jsonl_atomic
+from kfac_mem.atomic import write_json_atomic, write_jsonl_atomic
 from kfac_mem.evaluation.mining import MiningConfig, mine_windows
 from kfac_mem.sharding import make_mesh
 from kfac_mem.training import TrainConfig, train

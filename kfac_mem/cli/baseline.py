@@ -170,8 +170,9 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kfac_mem.atomic import write_json_atomic
     from kfac_mem.baselines.bsn import rows_to_windows, train_bsn
-    from kfac_mem.evaluation.io import read_memorized, write_json_atomic
+    from kfac_mem.evaluation.io import read_memorized
     from models import export_hf, save_model
 
     out = os.path.abspath(args.out)

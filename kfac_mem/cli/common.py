@@ -118,13 +118,11 @@ def write_resolved_config(
     }
     if extra:
         doc.update(extra)
-    path = os.path.join(out_dir, "config.yaml")
-    if jax.process_index() == 0:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            yaml.safe_dump(doc, f, sort_keys=False)
-        os.replace(tmp, path)
-    return path
+    from kfac_mem.atomic import write_atomic
+
+    return write_atomic(
+        os.path.join(out_dir, "config.yaml"), lambda f: yaml.safe_dump(doc, f, sort_keys=False)
+    )
 
 
 def parse_layer_selection(

@@ -195,10 +195,11 @@ def options_from_args(args: argparse.Namespace, num_layers: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    from kfac_mem.atomic import write_json_atomic
     from kfac_mem.baselines.compare import CompareSets, compare
     from kfac_mem.baselines.table import markdown
     from kfac_mem.eigen_run import load_eigen
-    from kfac_mem.evaluation.io import read_memorized, write_json_atomic
+    from kfac_mem.evaluation.io import read_memorized
     from kfac_mem.evaluation.text import windows_from_sources
     from models import save_model
 

@@ -121,10 +121,10 @@ def _plan(args: argparse.Namespace, model):
 
 def run(args: argparse.Namespace) -> int:
     init_distributed(args)
+    from kfac_mem.atomic import write_json_atomic
     from kfac_mem.editing.apply import EditOptions, apply_plan
     from kfac_mem.editing.report import format_table
     from kfac_mem.eigen_run import load_eigen
-    from kfac_mem.factors import write_json_atomic
     from models import export_hf, save_model
 
     out = os.path.abspath(args.out)

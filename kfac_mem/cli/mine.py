@@ -58,7 +58,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kfac_mem.evaluation.io import write_json_atomic, write_jsonl_atomic
+    from kfac_mem.atomic import write_json_atomic, write_jsonl_atomic
     from kfac_mem.evaluation.mining import MiningConfig, mine
     from models import load_pretrained
 

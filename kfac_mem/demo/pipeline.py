@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from kfac_mem.atomic import save_npy_atomic, write_json_atomic, write_jsonl_atomic
 from kfac_mem.collect import CollectConfig, collect
 from kfac_mem.data import Windows, array_fingerprint
 from kfac_mem.demo import measure
@@ -24,7 +25,6 @@ from kfac_mem.demo.model import demo_model
 from kfac_mem.demo.sweep import choose, controls, sweep
 from kfac_mem.editing import EditOptions, apply_plan, parse_plan
 from kfac_mem.eigen_run import decompose_run
-from kfac_mem.evaluation.io import write_json_atomic, write_jsonl_atomic
 from kfac_mem.evaluation.mining import MiningConfig, mine_windows
 from kfac_mem.selection import select_sites
 from models import save_model
@@ -73,14 +73,11 @@ def mine_set(
 def write_comparison_sets(data, heldout: np.ndarray, c: DemoConfig, out_dir: str) -> None:
     """The clean sets `kfac-mem compare` needs beside the mined ones: held-out text windows (the
     report split) and retain windows (fresh training-mixture rows without memorized items)."""
-    os.makedirs(out_dir, exist_ok=True)
     retain = np.concatenate(
         [data.batch(i, c.factor_batch, memorized=False, stream=2) for i in range(8)]
     )
-    for name, array in (("heldout", heldout), ("retain", retain)):
-        tmp = os.path.join(out_dir, f".{name}.tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, os.path.join(out_dir, f"{name}.npy"))
+    save_npy_atomic(os.path.join(out_dir, "heldout.npy"), heldout)
+    save_npy_atomic(os.path.join(out_dir, "retain.npy"), retain)
 
 
 def run_demo(

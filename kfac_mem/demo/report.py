@@ -9,9 +9,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from kfac_mem.atomic import write_json_atomic, write_text_atomic
 from kfac_mem.demo.config import DemoConfig
 from kfac_mem.demo.skills import GROUPS
-from kfac_mem.evaluation.io import write_json_atomic
 
 VARIANTS = {
     "unedited": "unedited",
@@ -302,10 +302,7 @@ def write_report(
         f"- model provenance: `{provenance.get('command')}`, seed {provenance.get('seed')}",
         "",
     ]
-    tmp = os.path.join(out_dir, "report.md.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, os.path.join(out_dir, "report.md"))
+    write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines))
     summary["figures"] = [os.path.relpath(p, out_dir) for p in figures]
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     return summary

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from kfac_mem.atomic import write_json_atomic
 from kfac_mem.collect import CollectConfig, collect
 from kfac_mem.data import Windows, array_fingerprint
 from kfac_mem.demo.corpus import all_passages
@@ -26,7 +27,6 @@ from kfac_mem.demo.pipeline import Stages, mine_set
 from kfac_mem.editing import EditOptions, apply_plan, parse_plan
 from kfac_mem.eigen_run import decompose_run
 from kfac_mem.evaluation import evaluate_tasks, perplexity, recitation, with_retention
-from kfac_mem.evaluation.io import write_json_atomic
 from kfac_mem.selection import select_sites
 from kfac_mem.training import TrainConfig, train
 from models import load_pretrained, save_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 WINDOW_FIELDS = ("prefix_ids", "suffix_ids")
@@ -101,25 +101,3 @@ def read_memorized(
     if not rows:
         raise ValueError(f"{path}: no rows; a memorized-window file needs at least one jsonl row.")
     return rows
-
-
-def write_json_atomic(path: str, obj: Any) -> str:
-    """Write JSON to `path` via a temporary file and `os.replace` (never a half-written file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
-
-
-def write_jsonl_atomic(path: str, rows: Iterable[dict[str, Any]]) -> str:
-    """Write one JSON object per line to `path` atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path

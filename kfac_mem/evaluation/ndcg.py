@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from kfac_mem.atomic import save_npy_atomic
 from kfac_mem.evaluation.batching import pad_rows, place_batch, round_batch
 from kfac_mem.evaluation.scoring import top_k_ids
 
@@ -97,10 +98,7 @@ def baseline_rankings(
         if cached.shape == (*windows.shape, k):
             return cached, path, fp
     ranks = topk_rankings(baseline, windows, params, k, batch_size)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, ranks)
-    os.replace(tmp, path)
+    save_npy_atomic(path, ranks)
     return ranks, path, fp
 
 

@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kfac_mem.evaluation.io import read_memorized, write_json_atomic, write_jsonl_atomic
+from kfac_mem.atomic import write_json_atomic, write_jsonl_atomic
+from kfac_mem.evaluation.io import read_memorized
 from kfac_mem.evaluation.ndcg import ndcg_at_k
 from kfac_mem.evaluation.perplexity import perplexity
 from kfac_mem.evaluation.recitation import recitation, summary
