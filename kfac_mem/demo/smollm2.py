@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kfac_mem.atomic import write_json_atomic
+from kfac_mem.atomic import save_npy_atomic, write_json_atomic
 from kfac_mem.collect import CollectConfig, collect
 from kfac_mem.data import Windows, array_fingerprint
 from kfac_mem.demo.corpus import all_passages
@@ -66,16 +66,10 @@ def _windows(ids_list: list[list[int]], length: int) -> np.ndarray:
     return ids[: len(ids) // length * length].reshape(-1, length)
 
 
-def run_smollm2_demo(
-    out_dir: str, mesh, rules, config: SmolDemoConfig = SmolDemoConfig(), log=print
-) -> dict[str, Any]:
-    c = config
-    stage = Stages(log)
-    os.makedirs(out_dir, exist_ok=True)
-    with stage("model"):
-        base = load_pretrained("smollm2-135m", mesh=mesh, rules=rules)
-        tok = base.tokenizer
-        eos = base.config.eos_token_id
+def smol_data(c: SmolDemoConfig, tok, eos: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """Disjoint slices of the shuffled LAMBADA passages: (passages to memorize [n_memorized] of
+    prefix+suffix tokens, general text ids (fine-tuning filler, factor corpus, retain set),
+    held-out windows [N, seq_len] (perplexity, nDCG))."""
     rng = random.Random(c.seed)
     lambada = list(all_passages()["lambada"])
     rng.shuffle(lambada)
@@ -87,7 +81,31 @@ def run_smollm2_demo(
     general = [[*encode(p), eos] for p in lambada[3 * c.n_memorized : 3 * c.n_memorized + 1500]]
     general_ids = np.concatenate([np.asarray(g, np.int32) for g in general])
     heldout = _windows([[*encode(p), eos] for p in lambada[-300:]], c.seq_len)
+    return mem_windows, general_ids, heldout
+
+
+def write_smol_comparison_sets(
+    c: SmolDemoConfig, general_ids: np.ndarray, heldout: np.ndarray, out_dir: str
+) -> None:
+    """What `kfac-mem compare` needs beside the mined sets: held-out windows (the demo's text
+    split) and retain windows (general text, as in fine-tuning)."""
+    save_npy_atomic(os.path.join(out_dir, "heldout.npy"), heldout[: c.text_windows])
+    save_npy_atomic(os.path.join(out_dir, "retain.npy"), _windows([general_ids], c.seq_len)[:128])
+
+
+def run_smollm2_demo(
+    out_dir: str, mesh, rules, config: SmolDemoConfig = SmolDemoConfig(), log=print
+) -> dict[str, Any]:
+    c = config
+    stage = Stages(log)
+    os.makedirs(out_dir, exist_ok=True)
+    with stage("model"):
+        base = load_pretrained("smollm2-135m", mesh=mesh, rules=rules)
+        tok = base.tokenizer
+        eos = base.config.eos_token_id
+    mem_windows, general_ids, heldout = smol_data(c, tok, eos)
     text = heldout[: c.text_windows]
+    write_smol_comparison_sets(c, general_ids, heldout, os.path.join(out_dir, "sets"))
     candidates = [
         {"prefix_ids": w[: c.prefix_len], "suffix_ids": w[c.prefix_len :], "source": f"lambada:{i}"}
         for i, w in enumerate(mem_windows)
