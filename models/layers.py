@@ -25,10 +25,16 @@ Initializer = Callable[..., jax.Array]
 
 
 class Linear(nn.Module):
-    """y = x @ kernel, kernel [d_in, d_out] with logical axes `kernel_axes`. No bias."""
+    """y = x @ kernel (+ bias), kernel [d_in, d_out] with logical axes `kernel_axes`; the bias
+    [d_out] (only with `use_bias`, as in ViT) takes the kernel's output axis.
+
+    The input is sown into `linear_inputs` when that collection is mutable, and a `perturbations`
+    entry (if given) is added to the output (after the bias): how curvature code sees a and g.
+    """
 
     features: int
     kernel_axes: tuple[str | None, str | None]
+    use_bias: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = nn.initializers.normal(0.02)
@@ -45,6 +51,14 @@ class Linear(nn.Module):
         if self.is_mutable_collection(CAPTURE):
             self.sow(CAPTURE, "inputs", x)
         y = jnp.matmul(x, kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, (self.kernel_axes[1],)),
+                (self.features,),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
         if self.has_variable(PERTURB, "outputs"):
             y = y + self.get_variable(PERTURB, "outputs").astype(y.dtype)
         return y

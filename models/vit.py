@@ -10,9 +10,9 @@ Parameters mirror the HF checkpoint names (the layout `save_pretrained` writes a
   vit.encoder.layer.{i}.intermediate.dense.{kernel [d, f], bias [f]}   (fc1)
   vit.encoder.layer.{i}.output.dense.{kernel [f, d], bias [d]}         (fc2)
   vit.layernorm.{scale, bias};  classifier.{kernel [d, classes], bias [classes]}
-Every linear layer of the blocks is a `BiasedLinear`: it sows its input into `linear_inputs` and
-adds the `perturbations` entry to its output *after* the bias, so curvature code reads ∂L/∂output
-exactly as for `models.layers.Linear`. Images are channels-last [B, H, W, C] (or [B, H, W] grey).
+Every linear layer of the blocks is a `models.layers.Linear` with a bias (it sows its input into
+`linear_inputs` and adds the `perturbations` entry to its output after the bias, so curvature code
+reads ∂L/∂output as for the decoders). Images are channels-last [B, H, W, C] (or [B, H, W] grey).
 """
 
 from __future__ import annotations
@@ -24,50 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from models import axes
-from models.layers import CAPTURE, PERTURB, Initializer
+from models.layers import Linear
 from models.partitioning import constrain
 from models.vit_config import ViTConfig
 
 _ACT = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
-
-
-class BiasedLinear(nn.Module):
-    """y = x @ kernel + bias; kernel [d_in, d_out] (axes `kernel_axes`), bias [d_out].
-
-    Like `models.layers.Linear`: the input is sown into `linear_inputs` when that collection is
-    mutable, and a `perturbations` entry (if given) is added to the output after the bias.
-    """
-
-    features: int
-    kernel_axes: tuple[str | None, str | None]
-    use_bias: bool = True
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-    kernel_init: Initializer = nn.initializers.normal(0.02)
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # [..., d_in] -> [..., d_out]
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
-            (x.shape[-1], self.features),
-            self.param_dtype,
-        )
-        x = x.astype(self.dtype)
-        if self.is_mutable_collection(CAPTURE):
-            self.sow(CAPTURE, "inputs", x)
-        y = jnp.matmul(x, kernel.astype(self.dtype))
-        if self.use_bias:
-            bias = self.param(
-                "bias",
-                nn.with_logical_partitioning(nn.initializers.zeros, (self.kernel_axes[1],)),
-                (self.features,),
-                self.param_dtype,
-            )
-            y = y + bias.astype(self.dtype)
-        if self.has_variable(PERTURB, "outputs"):
-            y = y + self.get_variable(PERTURB, "outputs").astype(y.dtype)
-        return y
 
 
 class LayerNorm(nn.Module):
@@ -102,7 +63,7 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
 
 
 class _Holder(nn.Module):
-    """One `BiasedLinear` named `dense` (HF's ViTIntermediate / ViTOutput / ViTSelfOutput)."""
+    """One biased `Linear` named `dense` (HF's ViTIntermediate / ViTOutput / ViTSelfOutput)."""
 
     features: int
     kernel_axes: tuple[str | None, str | None]
@@ -111,9 +72,10 @@ class _Holder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
-        return BiasedLinear(
+        return Linear(
             self.features,
             self.kernel_axes,
+            use_bias=True,
             dtype=c.compute_dtype,
             param_dtype=c.storage_dtype,
             name="dense",
@@ -131,9 +93,9 @@ class SelfAttention(nn.Module):
         b, s, d = x.shape
         kw = dict(use_bias=c.qkv_bias, dtype=c.compute_dtype, param_dtype=c.storage_dtype)
         heads = (axes.EMBED, axes.Q_HEADS)
-        q = BiasedLinear(d, heads, name="query", **kw)(x).reshape(b, s, c.num_heads, c.head_dim)
-        k = BiasedLinear(d, heads, name="key", **kw)(x).reshape(b, s, c.num_heads, c.head_dim)
-        v = BiasedLinear(d, heads, name="value", **kw)(x).reshape(b, s, c.num_heads, c.head_dim)
+        q = Linear(d, heads, name="query", **kw)(x).reshape(b, s, c.num_heads, c.head_dim)
+        k = Linear(d, heads, name="key", **kw)(x).reshape(b, s, c.num_heads, c.head_dim)
+        v = Linear(d, heads, name="value", **kw)(x).reshape(b, s, c.num_heads, c.head_dim)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores * c.head_dim**-0.5, axis=-1).astype(c.compute_dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, s, d)
