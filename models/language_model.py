@@ -104,8 +104,37 @@ def freeze_rules(rules: Rules | None) -> tuple | None:
     )
 
 
+class PlacedModel:
+    """What every model wrapper (a dataclass with `config`, `params`, `mesh`, `rules` and a
+    `module` property) shares: hashable placement, parameter swaps and a sharded `apply`.
+
+    Equality and hash cover what shapes the computation (type, config and placement), not the
+    weights, so jitted functions taking the model as a static argument are shared across edits.
+    """
+
+    def __post_init__(self):
+        self.rules = freeze_rules(self.rules)
+
+    def _static_key(self):
+        return (type(self), self.config, self.mesh, self.rules)
+
+    def __hash__(self) -> int:
+        return hash(self._static_key())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PlacedModel) and self._static_key() == other._static_key()
+
+    def with_params(self, params: Params):
+        return dataclasses.replace(self, params=params)
+
+    def apply(self, params: Params, inputs: jax.Array, **kwargs):
+        """Traceable forward of `self.module` under this model's activation sharding."""
+        with activation_sharding(self.mesh, self.rules):
+            return self.module.apply({"params": params}, inputs, **kwargs)
+
+
 @dataclasses.dataclass(eq=False)
-class LanguageModel:
+class LanguageModel(PlacedModel):
     """A causal LM ready to run on `mesh` (or on the default device when `mesh` is None).
 
     Attributes:
@@ -123,33 +152,11 @@ class LanguageModel:
     rules: Rules | None = None
     source: str = ""
 
-    def __post_init__(self):
-        self.rules = freeze_rules(self.rules)
-
-    # Equality/hash cover what shapes the computation (config and placement), not the weights, so
-    # jitted functions taking the model as a static argument are shared across weight edits.
-    def _static_key(self):
-        return (self.config, self.mesh, self.rules)
-
-    def __hash__(self) -> int:
-        return hash(self._static_key())
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, LanguageModel) and self._static_key() == other._static_key()
-
     @functools.cached_property
     def module(self) -> Decoder:
         return Decoder(self.config)
 
-    def with_params(self, params: Params) -> LanguageModel:
-        return dataclasses.replace(self, params=params)
-
-    # --- plain forward -------------------------------------------------------------------------
-
-    def apply(self, params: Params, tokens: jax.Array, **kwargs):
-        """Traceable forward under this model's activation sharding (see `Decoder.__call__`)."""
-        with activation_sharding(self.mesh, self.rules):
-            return self.module.apply({"params": params}, tokens, **kwargs)
+    # --- plain forward (`apply`: see `Decoder.__call__`) --------------------------------------
 
     @functools.cached_property
     def _logits_fn(self):

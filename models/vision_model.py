@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from models.language_model import fingerprint, freeze_rules
+from models.language_model import PlacedModel, fingerprint
 from models.layers import CAPTURE
 from models.partitioning import Rules, activation_sharding, logical_to_sharding
 from models.sites import LinearSite, captured_inputs, perturbation_tree
@@ -105,7 +105,7 @@ def init_vit_params(
 
 
 @dataclasses.dataclass(eq=False)
-class VisionModel:
+class VisionModel(PlacedModel):
     """A ViT classifier ready to run on `mesh` (or the default device when `mesh` is None).
 
     Attributes:
@@ -121,31 +121,9 @@ class VisionModel:
     rules: Rules | None = None
     source: str = ""
 
-    def __post_init__(self):
-        self.rules = freeze_rules(self.rules)
-
-    # Equality/hash cover config and placement only, so jitted functions taking the model as a
-    # static argument are shared across weight edits.
-    def _static_key(self):
-        return (self.config, self.mesh, self.rules)
-
-    def __hash__(self) -> int:
-        return hash(self._static_key())
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, VisionModel) and self._static_key() == other._static_key()
-
     @functools.cached_property
     def module(self) -> ViTClassifier:
         return ViTClassifier(self.config)
-
-    def with_params(self, params: Params) -> VisionModel:
-        return dataclasses.replace(self, params=params)
-
-    def apply(self, params: Params, images: jax.Array, **kwargs):
-        """Traceable forward under this model's activation sharding: logits [B, classes]."""
-        with activation_sharding(self.mesh, self.rules):
-            return self.module.apply({"params": params}, images, **kwargs)
 
     @functools.cached_property
     def _logits_fn(self):
