@@ -1,6 +1,6 @@
 """The shared inputs: HF checkpoint directories and one `.npy` of token windows per model.
 
-Everything is built once under a work directory (default /tmp/kfac-mem-peers, or
+Everything is built once under a work directory (default runs/peers, or
 $KFAC_MEM_PEERS_DIR) from what is installed locally; nothing is downloaded:
   * tiny-olmo2: the `tiny-olmo2` preset (random init, seed 0, 2 layers, d 64, vocab 256) exported
     with `models.export_hf`; tokens are the UTF-8 bytes of LAMBADA passages (vocab 256).
@@ -22,12 +22,12 @@ import numpy as np
 MODELS = ("tiny-olmo2", "smollm2-135m")
 SELECTIONS = ("all_mlp", "3_layers_gate_up")
 MLP = ("gate", "up", "down")
-DEFAULT_WORKDIR = "/tmp/kfac-mem-peers"
+DEFAULT_WORKDIR = "runs/peers"
 _STAMP = ".complete"
 
 
 def workdir(path: str | None = None) -> str:
-    """The work directory (created): `path`, else $KFAC_MEM_PEERS_DIR, else /tmp/kfac-mem-peers."""
+    """The work directory (created): `path`, else $KFAC_MEM_PEERS_DIR, else runs/peers."""
     out = os.path.abspath(path or os.environ.get("KFAC_MEM_PEERS_DIR") or DEFAULT_WORKDIR)
     os.makedirs(out, exist_ok=True)
     return out
