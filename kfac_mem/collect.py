@@ -1,4 +1,4 @@
-"""K-FAC factor collection: one streaming pass over token windows for every selected layer.
+"""K-FAC factor collection: one streaming pass over the data for every selected layer.
 
 For each selected linear site with input a_t [d_in] and output gradient g_t = ∂L/∂s_t [d_out] at
 position t (L = cross-entropy *summed* over the window's labelled positions), the run accumulates
@@ -7,8 +7,10 @@ position t (L = cross-entropy *summed* over the window's labelled positions), th
     Σ_t g_t g_tᵀ  per site
     n_tokens      the exact number of positions summed (Python int)
 
-over every position with a label (the last position of each window is excluded). Means are formed
-only when reading (`kfac_mem.load_factors`). Labels are sampled from the model's own softmax
+over every position with a label, i.e. every position the model's `loss_targets` gives weight 1 (the
+last position of each window is excluded for a causal LM; only the CLS position counts for a ViT
+classifier): the weights mask both a_t and g_t and n_tokens counts them. Means are formed only when
+reading (`kfac_mem.load_factors`). Labels are sampled from the model's own softmax
 (`sampled`, the Monte-Carlo true Fisher; seeded) or the gold next tokens (`empirical`).
 
 Distribution: the step runs under `jax.jit` on a Mesh with the batch split over the data axes and
@@ -18,6 +20,10 @@ turns the per-device partial sums into one reduce-scatter per factor per step. M
 process builds the global batch from only the rows its own devices hold
 (`jax.make_array_from_callback`), so each process reads its own part of the stream and the result
 equals a single-process run.
+
+The data source is token `Windows` (batch = token ids [B, L]) or `LabelledExamples` (batch =
+(inputs [B, ...], labels [B]), e.g. images for `models.VisionModel`): both expose `arrays` (cut into
+batches along the leading axis and sharded over the data axes the same way) and `as_batch`.
 
 The backward pass starts at the output head and stops at the lowest selected site: only
 perturbations of selected outputs are differentiated and no parameter gradient is formed.
@@ -37,7 +43,7 @@ from jax.experimental import multihost_utils
 from kfac_mem import factors as fstore
 from kfac_mem.atomic import write_json_atomic
 from kfac_mem.capture import inputs_and_output_grads
-from kfac_mem.data import Windows
+from kfac_mem.data import LabelledExamples, Windows
 from kfac_mem.head_loss import MODES
 from kfac_mem.protocol import CurvatureModel
 from kfac_mem.selection import input_groups
@@ -176,22 +182,53 @@ def make_fold(totals_sharding: fstore.FactorSums, partials_sharding: fstore.Fact
     return jax.jit(fold, donate_argnums=(0, 1), out_shardings=(totals_sharding, partials_sharding))
 
 
-def batch_array(windows: np.ndarray, start: int, batch_size: int, sharding) -> jax.Array:
-    """Global [batch_size, L] int32 batch of windows[start:start+batch_size]; each process reads
+def batch_array(
+    windows: np.ndarray, start: int, batch_size: int, sharding, dtype=np.int32
+) -> jax.Array:
+    """Global [batch_size, ...] batch of windows[start:start+batch_size] (token windows [n, L] or
+    any per-item array, e.g. images [n, H, W, C] or labels [n]) in `dtype`; each process reads
     only the rows its addressable devices hold."""
-    shape = (batch_size, windows.shape[1])
+    shape = (batch_size, *windows.shape[1:])
 
     def rows(index):
         r = index[0]
         lo = start + (r.start or 0)
         hi = start + (batch_size if r.stop is None else r.stop)
-        return np.asarray(windows[lo:hi][:, index[1]], np.int32)
+        return np.asarray(windows[lo:hi][(slice(None), *index[1:])], dtype)
 
     return jax.make_array_from_callback(shape, sharding, rows)
 
 
+def batch_shardings(data: Windows | LabelledExamples, batch_size: int, mesh, rules) -> list:
+    """One sharding per array of the data source: the leading (batch) axis over the data axes."""
+    return [
+        logical_to_sharding(
+            (axes.ACT_BATCH,) + (None,) * (a.ndim - 1), (batch_size, *a.shape[1:]), mesh, rules
+        )
+        for a in data.arrays
+    ]
+
+
+def global_batch(
+    data: Windows | LabelledExamples, start: int, batch_size: int, shardings: Sequence
+) -> Any:
+    """The model's batch for items [start, start + batch_size) of `data`, sharded over the mesh
+    (integer arrays as int32, the rest as float32)."""
+    arrays = [
+        batch_array(
+            a,
+            start,
+            batch_size,
+            sh,
+            np.int32 if np.issubdtype(a.dtype, np.integer) else np.float32,
+        )
+        for a, sh in zip(data.arrays, shardings, strict=True)
+    ]
+    return data.as_batch(arrays)
+
+
 def run_identity(
-    model, sites, windows: Windows, config: CollectConfig, engine: str
+    model, sites, windows: Windows | LabelledExamples, config: CollectConfig, engine: str
 ) -> dict[str, Any]:
     """What must match for a run directory to be continued."""
     return {
@@ -231,7 +268,7 @@ def _short(v: Any) -> str:
 
 def collect(
     model: CurvatureModel,
-    windows: Windows,
+    windows: Windows | LabelledExamples,
     sites: Sequence[LinearSite],
     out_dir: str,
     config: CollectConfig = CollectConfig(),
@@ -241,6 +278,9 @@ def collect(
     stop_after: int | None = None,
 ) -> fstore.FactorRun:
     """Collect K-FAC factors for `sites` over `windows` into the factor run at `out_dir`.
+
+    `windows` is token `Windows` for a language model or `LabelledExamples` (images + labels) for a
+    classifier; positions are weighted by the model's `loss_targets` (CLS only for a ViT).
 
     Resumes an interrupted run with the same identity (model weights, corpus, mode, seed, batch
     size, sites); refuses to continue a different one. `stop_after` (batches) ends early without
@@ -281,9 +321,8 @@ def collect(
         _check_resumable(fstore.read_metadata(out_dir), identity, out_dir)
 
     shardings = factor_shardings(sites, mesh, rules)
-    batch_sharding = logical_to_sharding(
-        (axes.ACT_BATCH, None), (config.batch_size, windows.seq_len), mesh, rules
-    )
+    batch_sh = batch_shardings(windows, config.batch_size, mesh, rules)
+    per_item = windows.positions_per_item
     manager = fstore.checkpoint_manager(out_dir)
     info = {"n_tokens": 0, "windows_done": 0, "steps": 0, "complete": False, "loss_sum": 0.0}
     if manager.latest_step() is not None:
@@ -310,8 +349,8 @@ def collect(
     last = n_batches if stop_after is None else min(n_batches, start_step + stop_after)
     bar = _progress_bar(
         progress,
-        n_batches * config.batch_size * windows.seq_len,
-        start_step * config.batch_size * windows.seq_len,
+        n_batches * config.batch_size * per_item,
+        start_step * config.batch_size * per_item,
     )
     pending: list[tuple[int, dict]] = []  # steps dispatched but not yet checked (async dispatch)
 
@@ -337,7 +376,7 @@ def collect(
                 "loss_sum": info["loss_sum"] + float(stats["loss"]),
             }
             if bar is not None:
-                bar.update(config.batch_size * windows.seq_len)
+                bar.update(config.batch_size * per_item)
                 bar.set_postfix(loss=f"{info['loss_sum'] / info['n_tokens']:.3f}")
         pending.clear()
 
@@ -350,9 +389,7 @@ def collect(
         write_json_atomic(meta_path, {**identity, "progress": info})
 
     for step in range(start_step, last):
-        batch = batch_array(
-            windows.tokens, step * config.batch_size, config.batch_size, batch_sharding
-        )
+        batch = global_batch(windows, step * config.batch_size, config.batch_size, batch_sh)
         key = jax.random.fold_in(base_key, step)
         if partials is None:
             totals, stats = step_fn(totals, model.params, batch, key)

@@ -1,5 +1,8 @@
 """Orbax checkpoints of a model: `params/` (Orbax, sharded) + `model_config.json` (+ tokenizer.json).
 
+Both model families use this format: decoders (`LanguageModel`, format `flax-decoder-v1`) and ViT
+classifiers (`VisionModel`, format `flax-vit-v1`); `load_model_checkpoint` returns the right one.
+
 `model_config.json` is written last, so a directory without it is an incomplete save and is refused.
 Restores go straight into the target shardings (any mesh, any device count).
 """
@@ -13,12 +16,21 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from models import language_model, vision_model
 from models.config import DecoderConfig
-from models.language_model import LanguageModel, Params, abstract_params, param_shardings
+from models.language_model import LanguageModel, Params
 from models.partitioning import Rules
+from models.vision_model import VisionModel
+from models.vit_config import ViTConfig
 
 MODEL_CONFIG = "model_config.json"
 FORMAT = "flax-decoder-v1"
+VIT_FORMAT = "flax-vit-v1"
+# format -> (config class, model class, module with abstract_params / param_shardings)
+FAMILIES = {
+    FORMAT: (DecoderConfig, LanguageModel, language_model),
+    VIT_FORMAT: (ViTConfig, VisionModel, vision_model),
+}
 
 
 def is_model_checkpoint(path: str) -> bool:
@@ -26,7 +38,7 @@ def is_model_checkpoint(path: str) -> bool:
 
 
 def save_model(
-    model: LanguageModel,
+    model: LanguageModel | VisionModel,
     directory: str,
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -45,10 +57,10 @@ def save_model(
         ckptr.save(os.path.join(directory, "params"), model.params, force=True)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        if model.tokenizer is not None:
+        if getattr(model, "tokenizer", None) is not None:
             model.tokenizer.save(os.path.join(directory, "tokenizer.json"))
         info = {
-            "format": FORMAT,
+            "format": VIT_FORMAT if isinstance(model, VisionModel) else FORMAT,
             "config": model.config.to_dict(),
             "source": model.source,
             "fingerprint": model.fingerprint(),
@@ -69,18 +81,20 @@ def read_model_info(directory: str) -> dict[str, Any]:
         )
     with open(path) as f:
         info = json.load(f)
-    if info.get("format") != FORMAT:
+    if info.get("format") not in FAMILIES:
         raise ValueError(
-            f"{path}: unknown checkpoint format {info.get('format')!r} (expected {FORMAT})."
+            f"{path}: unknown checkpoint format {info.get('format')!r} (expected one of "
+            f"{sorted(FAMILIES)})."
         )
     return info
 
 
 def restore_params(
-    directory: str, config: DecoderConfig, mesh=None, rules: Rules | None = None
+    directory: str, config: DecoderConfig | ViTConfig, mesh=None, rules: Rules | None = None
 ) -> Params:
-    shapes, _ = abstract_params(config)
-    shardings = param_shardings(config, mesh, rules)
+    family = language_model if isinstance(config, DecoderConfig) else vision_model
+    shapes, _ = family.abstract_params(config)
+    shardings = family.param_shardings(config, mesh, rules)
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree_util.tree_map(lambda _: device, shapes)
@@ -95,9 +109,15 @@ def restore_params(
 
 def load_model_checkpoint(
     directory: str, mesh=None, rules: Rules | None = None, **config_overrides: Any
-) -> LanguageModel:
+) -> LanguageModel | VisionModel:
     info = read_model_info(directory)
-    config = DecoderConfig.from_dict(info["config"]).replace(**config_overrides)
+    config_cls, model_cls, _ = FAMILIES[info["format"]]
+    config = config_cls.from_dict(info["config"]).replace(**config_overrides)
+    source = os.path.abspath(directory)
+    if model_cls is VisionModel:
+        return VisionModel(
+            config, restore_params(directory, config, mesh, rules), mesh, rules, source
+        )
     tokenizer = None
     tok_path = os.path.join(directory, "tokenizer.json")
     if os.path.isfile(tok_path):
@@ -105,4 +125,4 @@ def load_model_checkpoint(
 
         tokenizer = Tokenizer.from_file(tok_path)
     params = restore_params(directory, config, mesh, rules)
-    return LanguageModel(config, params, tokenizer, mesh, rules, source=os.path.abspath(directory))
+    return LanguageModel(config, params, tokenizer, mesh, rules, source=source)
