@@ -4,9 +4,12 @@
 #
 #   bash scripts/compare_smollm2.sh [SMOL_OUT] [COMPARE_OUT]
 #
-# Sized for a CPU: BSN masks up/down of the same block range K-FAC edits (layers 19-29) for 20
-# steps per setting, one loss weight (the paper's best, 0.7); relearning runs 10 steps. On a GPU,
-# drop these overrides (later arguments win) to get the paper's full search.
+# Sized for a 2-core CPU (a 135M-parameter BSN step takes ~40 s there): K-FAC and SVD on the block
+# the demo's sweep chose (layers 19-21 gate+up); BSN masks up/down of layers 19-29 for the paper's
+# 5 epochs (10 steps on 13 windows), one loss weight (the paper's best, 0.7); relearning runs 10
+# steps. On a GPU, override these (later arguments win) for the paper's full search, e.g.
+#   CANDIDATES='23-25:gate,up;19-21:gate,up;27-29:gate,up' bash scripts/compare_smollm2.sh A B \
+#     --bsn-layers all --bsn-loss-weights 0.1,0.3,0.5,0.7,0.9 --relearn-steps 50
 set -euo pipefail
 SMOL=${1:-runs/smollm2}
 OUT=${2:-runs/compare-smollm2}
@@ -14,9 +17,9 @@ OUT=${2:-runs/compare-smollm2}
 kfac-mem compare --model "$SMOL/finetuned" --eigen "$SMOL/eigen" \
   --train "$SMOL/mined/train.jsonl" --validation "$SMOL/mined/validation.jsonl" \
   --text "$SMOL/sets/heldout.npy" --retain "$SMOL/sets/retain.npy" --retain-window 128 \
-  --candidates "${CANDIDATES:-23-25:gate,up;19-21:gate,up;27-29:gate,up}" \
-  --target-ratio "${TARGET_RATIO:-1.2}" --refine 2 \
-  --bsn-layers 19-29 --bsn-loss-weights 0.7 --bsn-ratios 0.01,0.03,0.1,0.3 \
-  --bsn-batch-size 8 --bsn-epochs 10 \
+  --candidates "${CANDIDATES:-19-21:gate,up}" \
+  --target-ratio "${TARGET_RATIO:-1.2}" --refine 1 \
+  --bsn-layers 19-29 --bsn-loss-weights 0.7 --bsn-ratios 0.03,0.1,0.3 \
+  --bsn-batch-size 8 --bsn-epochs 5 \
   --relearn-steps 10 --relearn-batch-size 4 --batch-size 16 \
   --out "$OUT" "${@:3}"
