@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,24 +21,25 @@ from jax.sharding import Mesh
 from models.config import DecoderConfig
 from models.decoder import Decoder, head_kernel
 from models.layers import CAPTURE
-from models.partitioning import Rules, activation_sharding, logical_to_sharding
+from models.partitioning import (
+    Rules,
+    abstract_module_params,
+    activation_sharding,
+    init_module_params,
+    tree_shardings,
+)
 from models.sites import LinearSite, captured_inputs, decoder_sites, perturbation_tree
 
 Params = dict[str, Any]
 
 
+def _example_tokens() -> jax.Array:
+    return jnp.zeros((1, 1), jnp.int32)
+
+
 def abstract_params(config: DecoderConfig) -> tuple[Params, Params]:
     """(ShapeDtypeStruct tree, logical-axes tree) of a decoder's parameters, without allocating."""
-    module = Decoder(config)
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
-    logical = nn.get_partition_spec(variables)["params"]
-    shapes = nn.unbox(variables)["params"]
-    logical = jax.tree_util.tree_map(
-        lambda spec: tuple(spec),
-        logical,
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
-    )
-    return shapes, logical
+    return abstract_module_params(Decoder(config), _example_tokens())
 
 
 def param_shardings(config: DecoderConfig, mesh: Mesh | None, rules: Rules | None) -> Params | None:
@@ -47,24 +47,15 @@ def param_shardings(config: DecoderConfig, mesh: Mesh | None, rules: Rules | Non
     if mesh is None:
         return None
     shapes, logical = abstract_params(config)
-    return jax.tree_util.tree_map(
-        lambda s, ax: logical_to_sharding(ax, s.shape, mesh, rules or ()),
-        shapes,
-        logical,
-        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
-    )
+    return tree_shardings(logical, shapes, mesh, rules)
 
 
 def init_params(
     config: DecoderConfig, seed: int = 0, mesh: Mesh | None = None, rules: Rules | None = None
 ) -> Params:
     """Random parameters (normal(0.02) kernels, unit norms), created directly in their shardings."""
-    module = Decoder(config)
-
-    def init(key):
-        return nn.unbox(module.init(key, jnp.zeros((1, 1), jnp.int32)))["params"]
-
-    return jax.jit(init, out_shardings=param_shardings(config, mesh, rules))(jax.random.key(seed))
+    shardings = param_shardings(config, mesh, rules)
+    return init_module_params(Decoder(config), (_example_tokens(),), seed, shardings)
 
 
 def fingerprint(params: Params, sample: int = 1 << 16) -> str:

@@ -71,14 +71,43 @@ def logical_to_sharding(
     return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
 
 
-def tree_shardings(logical_tree: Any, shape_tree: Any, mesh: Mesh, rules: Rules) -> Any:
-    """Map a tree of logical-axis tuples and a matching tree of shapes to NamedShardings."""
+def tree_shardings(
+    logical_tree: Any, shape_tree: Any, mesh: Mesh | None, rules: Rules | None
+) -> Any:
+    """Map a tree of logical-axis tuples and a matching tree of shapes to NamedShardings (None
+    without a mesh)."""
+    if mesh is None:
+        return None
     return jax.tree_util.tree_map(
-        lambda axes, s: logical_to_sharding(axes, s.shape, mesh, rules),
+        lambda axes, s: logical_to_sharding(axes, s.shape, mesh, rules or ()),
         logical_tree,
         shape_tree,
         is_leaf=lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x),
     )
+
+
+def abstract_module_params(module: Any, *example: Any) -> tuple[Any, Any]:
+    """(ShapeDtypeStruct tree, logical-axes tree) of a Flax module's parameters for `example`
+    inputs, without allocating."""
+    import flax.linen as nn
+
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *example))
+    logical = jax.tree_util.tree_map(
+        tuple,
+        nn.get_partition_spec(variables)["params"],
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    return nn.unbox(variables)["params"], logical
+
+
+def init_module_params(module: Any, example: Sequence[Any], seed: int, shardings: Any) -> Any:
+    """The module's random parameters, created directly in `shardings` (None: default device)."""
+    import flax.linen as nn
+
+    def init(key):
+        return nn.unbox(module.init(key, *example))["params"]
+
+    return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
 _ACTIVATION_SHARDING: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(

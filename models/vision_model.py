@@ -14,14 +14,19 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from models.language_model import PlacedModel, fingerprint
 from models.layers import CAPTURE
-from models.partitioning import Rules, activation_sharding, logical_to_sharding
+from models.partitioning import (
+    Rules,
+    abstract_module_params,
+    activation_sharding,
+    init_module_params,
+    tree_shardings,
+)
 from models.sites import LinearSite, captured_inputs, perturbation_tree
 from models.vit import ViTClassifier
 from models.vit_config import PRESETS, ViTConfig, get_vit_config
@@ -68,15 +73,7 @@ def _dummy_images(config: ViTConfig) -> jax.Array:
 
 def abstract_params(config: ViTConfig) -> tuple[Params, Params]:
     """(ShapeDtypeStruct tree, logical-axes tree) of a ViT's parameters, without allocating."""
-    variables = jax.eval_shape(
-        lambda: ViTClassifier(config).init(jax.random.key(0), _dummy_images(config))
-    )
-    logical = jax.tree_util.tree_map(
-        tuple,
-        nn.get_partition_spec(variables)["params"],
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
-    )
-    return nn.unbox(variables)["params"], logical
+    return abstract_module_params(ViTClassifier(config), _dummy_images(config))
 
 
 def param_shardings(config: ViTConfig, mesh: Mesh | None, rules: Rules | None) -> Params | None:
@@ -84,24 +81,15 @@ def param_shardings(config: ViTConfig, mesh: Mesh | None, rules: Rules | None) -
     if mesh is None:
         return None
     shapes, logical = abstract_params(config)
-    return jax.tree_util.tree_map(
-        lambda s, ax: logical_to_sharding(ax, s.shape, mesh, rules or ()),
-        shapes,
-        logical,
-        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
-    )
+    return tree_shardings(logical, shapes, mesh, rules)
 
 
 def init_vit_params(
     config: ViTConfig, seed: int = 0, mesh: Mesh | None = None, rules: Rules | None = None
 ) -> Params:
     """Random parameters (normal(0.02) kernels, zero biases, unit norms) in their shardings."""
-    module = ViTClassifier(config)
-
-    def init(key):
-        return nn.unbox(module.init(key, _dummy_images(config)))["params"]
-
-    return jax.jit(init, out_shardings=param_shardings(config, mesh, rules))(jax.random.key(seed))
+    shardings = param_shardings(config, mesh, rules)
+    return init_module_params(ViTClassifier(config), (_dummy_images(config),), seed, shardings)
 
 
 @dataclasses.dataclass(eq=False)
