@@ -22,8 +22,9 @@ from kfac_mem.cli.common import (
     init_distributed,
     load_model,
     mesh_from_args,
+    model_output_dir,
     parse_layer_selection,
-    write_resolved_config,
+    write_model_outputs,
 )
 
 
@@ -170,16 +171,10 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kfac_mem.atomic import write_json_atomic
     from kfac_mem.baselines.bsn import rows_to_windows, train_bsn
     from kfac_mem.evaluation.io import read_memorized
-    from models import export_hf, save_model
 
-    out = os.path.abspath(args.out)
-    if os.path.isfile(os.path.join(out, "model_config.json")) and not args.overwrite:
-        raise FileExistsError(
-            f"{out} already holds a model checkpoint; pass --overwrite or choose another --out."
-        )
+    out = model_output_dir(args)
     rows = read_memorized(args.forget)  # fail on a malformed file before loading the model
     init_distributed(args)
     mesh, rules = mesh_from_args(args)
@@ -205,22 +200,14 @@ def run(args: argparse.Namespace) -> int:
         "history": result.history,
         "matrices": result.report,
     }
-    save_model(
+    write_model_outputs(
         masked,
         out,
-        metadata={"baseline": {k: summary[k] for k in ("baseline", "config", "forget")}},
-        overwrite=args.overwrite,
+        args,
+        {"baseline": {k: summary[k] for k in ("baseline", "config", "forget")}},
+        summary,
+        "baseline bsn",
     )
-    if args.export_hf:
-        export_hf(
-            masked.config,
-            masked.params,
-            args.export_hf,
-            tokenizer=masked.tokenizer,
-            dtype=args.export_dtype,
-        )
-    write_json_atomic(os.path.join(out, "report.json"), summary)
-    write_resolved_config(out, "baseline bsn", args)
     pruned = sum(r["pruned"] for r in result.report)
     total = sum(r["size"] for r in result.report)
     print(

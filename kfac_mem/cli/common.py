@@ -148,3 +148,42 @@ def parse_layer_selection(
         raise ValueError(f"--layers {bad} out of range: the model has layers 0..{num_layers - 1}.")
     projs = tuple(p.strip() for p in projections.split(",")) if projections else default_projections
     return sorted(set(idx)), projs
+
+
+def model_output_dir(args: argparse.Namespace) -> str:
+    """`--out` as an absolute path, refused early if it already holds a model and no --overwrite."""
+    from models.checkpoint import is_model_checkpoint
+
+    out = os.path.abspath(args.out)
+    if is_model_checkpoint(out) and not args.overwrite:
+        raise FileExistsError(
+            f"{out} already holds a model checkpoint; pass --overwrite or choose another --out."
+        )
+    return out
+
+
+def write_model_outputs(
+    model,
+    out: str,
+    args: argparse.Namespace,
+    metadata: dict[str, Any],
+    report: dict[str, Any],
+    command: str,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """What `edit` and `baseline` write: the model (Orbax), its HF export with --export-hf,
+    report.json and config.yaml."""
+    from kfac_mem.atomic import write_json_atomic
+    from models import export_hf, save_model
+
+    save_model(model, out, metadata=metadata, overwrite=args.overwrite)
+    if args.export_hf:
+        export_hf(
+            model.config,
+            model.params,
+            args.export_hf,
+            tokenizer=model.tokenizer,
+            dtype=args.export_dtype,
+        )
+    write_json_atomic(os.path.join(out, "report.json"), report)
+    write_resolved_config(out, command, args, extra=extra)

@@ -22,8 +22,9 @@ from kfac_mem.cli.common import (
     init_distributed,
     load_model,
     mesh_from_args,
+    model_output_dir,
     parse_layer_selection,
-    write_resolved_config,
+    write_model_outputs,
 )
 
 
@@ -121,17 +122,11 @@ def _plan(args: argparse.Namespace, model):
 
 def run(args: argparse.Namespace) -> int:
     init_distributed(args)
-    from kfac_mem.atomic import write_json_atomic
     from kfac_mem.editing.apply import EditOptions, apply_plan
     from kfac_mem.editing.report import format_table
     from kfac_mem.eigen_run import load_eigen
-    from models import export_hf, save_model
 
-    out = os.path.abspath(args.out)
-    if os.path.isfile(os.path.join(out, "model_config.json")) and not args.overwrite:
-        raise FileExistsError(
-            f"{out} already holds a model checkpoint; pass --overwrite or choose another --out."
-        )
+    out = model_output_dir(args)
     if args.method != "svd" and not args.eigen:
         raise ValueError(f"--method {args.method} needs --eigen (run `kfac-mem decompose` first).")
     eigen = load_eigen(args.eigen) if args.eigen else None
@@ -177,22 +172,15 @@ def run(args: argparse.Namespace) -> int:
         "warning": warning,
         "matrices": rows,
     }
-    save_model(
+    write_model_outputs(
         edited,
         out,
-        metadata={"edit": {k: summary[k] for k in ("method", "eigenvalues", "plan", "eigen")}},
-        overwrite=args.overwrite,
+        args,
+        {"edit": {k: summary[k] for k in ("method", "eigenvalues", "plan", "eigen")}},
+        summary,
+        "edit",
+        extra={"plan": plan.to_json()},
     )
-    if args.export_hf:
-        export_hf(
-            edited.config,
-            edited.params,
-            args.export_hf,
-            tokenizer=edited.tokenizer,
-            dtype=args.export_dtype,
-        )
-    write_json_atomic(os.path.join(out, "report.json"), summary)
-    write_resolved_config(out, "edit", args, extra={"plan": plan.to_json()})
     print(format_table(rows))
     print(
         f"edited {sum(not r.get('untouched') for r in rows)} of {len(rows)} planned matrices "

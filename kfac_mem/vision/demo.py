@@ -39,7 +39,7 @@ import numpy as np
 
 from kfac_mem.atomic import write_json_atomic, write_text_atomic
 from kfac_mem.collect import CollectConfig, collect
-from kfac_mem.data import LabelledExamples
+from kfac_mem.data import LabelledExamples, array_fingerprint
 from kfac_mem.editing import EditOptions, apply_plan, parse_plan
 from kfac_mem.eigen_run import decompose_run
 from kfac_mem.selection import select_sites
@@ -281,7 +281,7 @@ def run_vision_demo(
         identity = {
             "demo": config.to_dict(),
             "data": data.describe(),
-            "noisy_labels_sha": _sha(noisy_labels),
+            "noisy_labels_sha": array_fingerprint(noisy_labels),
         }
         cached = None
         if not retrain and is_model_checkpoint(model_dir):
@@ -457,12 +457,6 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
             ),
         )
     return max(rows, key=lambda r: (r["selection_clean_accuracy"], r["rho"]))
-
-
-def _sha(a: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
 
 
 def _row(m: dict[str, Any]) -> dict[str, float]:
