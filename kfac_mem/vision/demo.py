@@ -113,7 +113,17 @@ class VisionDemoConfig:
 
 
 def vit_digits() -> VisionDemoConfig:
-    return VisionDemoConfig("vit-digits", "vit-digits", "digits", DIGITS_NOISY_RECIPE)
+    # Patch 2 (16 patches + CLS) rather than the model preset's 4 (4 + CLS): with more patch
+    # tokens, as in a real ViT, the first-layer edit separates memorized labels from shared
+    # features far better (noisy labels memorized 60% -> 30% instead of 73% -> 65%, see
+    # docs/vision.md), at ~80 s instead of ~50 s on 2 CPU cores.
+    return VisionDemoConfig(
+        "vit-digits",
+        "vit-digits",
+        "digits",
+        DIGITS_NOISY_RECIPE,
+        model_overrides=(("patch_size", 2),),
+    )
 
 
 def vit_fashion_mnist() -> VisionDemoConfig:
