@@ -26,12 +26,17 @@ from models.sites import LinearSite
 def random_spd(
     d: int, rng: np.random.Generator, decay: float = 1.0, degenerate: bool = False
 ) -> np.ndarray:
-    """A symmetric positive semi-definite [d, d] matrix with a power-law spectrum i^-decay.
+    """A symmetric positive semi-definite [d, d] matrix with a power-law spectrum ~ i^-decay.
 
-    With `degenerate`, eigenvalues come in repeated blocks (exact ties) and a few are 0.
+    The eigenvalues are i^-decay times a random factor in [0.8, 1.25], so no two products λ_i μ_j
+    of two such spectra are mathematically equal (an exact power law has ties such as
+    2^-1.5·16^-1 = 8^-1.5·2^-1, which an edit at that ρ would break by the last bit). With
+    `degenerate`, eigenvalues come in repeated blocks (exact ties) and a few are 0.
     """
     q, _ = np.linalg.qr(rng.standard_normal((d, d)))
     vals = np.arange(1, d + 1, dtype=np.float64) ** -decay
+    if not degenerate:
+        vals = np.sort(vals * np.exp(rng.uniform(np.log(0.8), np.log(1.25), d)))[::-1]
     if degenerate:
         vals = np.repeat(vals[: -(-d // 4)], 4)[:d]
         vals[-2:] = 0.0

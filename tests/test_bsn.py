@@ -163,10 +163,15 @@ def test_sharded_bsn_matches_one_device(toy, mesh8):
         assert s8.sharding.spec == kernel.sharding.spec, site.id  # sharded like its weight
         assert len(s8.sharding.device_set) == 8
         np.testing.assert_allclose(np.asarray(s8), np.asarray(s1), rtol=1e-4, atol=1e-7)
-        np.testing.assert_array_equal(
-            np.asarray(get_path(r8.params, site.kernel_path)) == 0,
-            np.asarray(get_path(r1.params, site.kernel_path)) == 0,
-        )
+        z8 = np.asarray(get_path(r8.params, site.kernel_path)) == 0
+        z1 = np.asarray(get_path(r1.params, site.kernel_path)) == 0
+        assert z8.sum() == z1.sum(), site.id
+        # The pruned sets are the lowest scores; they may differ only where a score ties the
+        # pruning threshold to the tolerance the two runs' scores agree to.
+        scores = np.asarray(s1).ravel()
+        threshold = np.sort(scores)[int(z1.sum()) - 1] if z1.any() else -np.inf
+        differ = (z8 != z1).ravel()
+        assert np.allclose(scores[differ], threshold, rtol=1e-4, atol=1e-7), site.id
     np.testing.assert_allclose(
         [h["loss"] for h in r8.history], [h["loss"] for h in r1.history], rtol=1e-4
     )

@@ -8,6 +8,12 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from edit_reference import (
+    assert_edit_matches_up_to_ties,
+    brute_force_band,
+    brute_force_mask,
+    masked_reference,
+)
 from factor_fixtures import write_factor_run
 
 from kfac_mem import load_factors
@@ -24,7 +30,7 @@ from kfac_mem.editing import (
     select_mass,
 )
 from kfac_mem.editing.reconstruct import masked_product
-from kfac_mem.editing.selection import staircase_by_count
+from kfac_mem.editing.selection import kronecker_curvature, staircase_by_count
 from kfac_mem.eigen import precision_scope
 from kfac_mem.eigen_run import SiteEigen, decompose_run, load_eigen, save_corrected_eigenvalues
 from models import export_hf, load_pretrained
@@ -77,7 +83,7 @@ def test_kept_mass_matches_brute_force_including_degenerate():
     worst = 0.0
     for lam, mu in _spectra(rng):
         spec = Spectrum.kronecker(lam, mu)
-        pi = np.outer(np.maximum(lam, 0), np.maximum(mu, 0))
+        pi = kronecker_curvature(lam, mu)
         for rho in RHOS:
             for sel in (select_mass(spec, rho), select_mass(Spectrum.dense(pi), rho)):
                 ref = brute_force_kept_mass(pi, rho, sel.total_mass)
@@ -91,6 +97,27 @@ def test_kept_mass_matches_brute_force_including_degenerate():
                 assert sel.kept_mass - pi[mask].min() < target * (1 + 1e-12)
     print(f"max |kept mass - brute force| / total = {worst:.3g}")
     assert worst < 1e-13
+
+
+def test_exact_ties_break_row_major_in_every_path():
+    """Ties that are exact in float64 (products of powers of two) resolve the same way on every
+    machine: smaller i, then smaller j, in the staircase path, the full-Π path and the reference."""
+    lam = np.array([8.0, 4.0, 4.0, 2.0, 1.0, 0.5])
+    mu = np.array([4.0, 2.0, 2.0, 1.0, 0.5])
+    spec = Spectrum.kronecker(lam, mu)
+    pi = kronecker_curvature(lam, mu)
+    for rho in (0.05, 0.2, 0.37, 0.5, 0.61, 0.8, 0.95):
+        ref = brute_force_mask(pi, rho)
+        stair = select_mass(spec, rho).dense_mask()
+        dense = select_mass(Spectrum.dense(pi), rho).dense_mask()
+        np.testing.assert_array_equal(stair, ref)
+        np.testing.assert_array_equal(dense, ref)
+    for k in range(pi.size + 1):  # count selection: the first k of the row-major-stable order
+        expect = np.zeros(pi.size, bool)
+        expect[np.argsort(-pi.ravel(), kind="stable")[:k]] = True
+        counts = staircase_by_count(spec, k)
+        got = np.arange(pi.shape[1])[None, :] < counts[:, None]
+        np.testing.assert_array_equal(got, expect.reshape(pi.shape))
 
 
 def test_staircase_is_threshold_set_and_count_selection():
@@ -113,10 +140,6 @@ def _ortho(d, rng):
     return q
 
 
-def _reference(w, u_g, u_a, mask):
-    return u_g @ ((u_g.T @ w @ u_a) * mask) @ u_a.T
-
-
 def test_reconstruction_matches_dense_formula_both_paths(monkeypatch):
     monkeypatch.setattr(reconstruct, "MIN_BLOCK_SAVING", 0.0)  # exercise row blocks on tiny W
     rng = np.random.default_rng(2)
@@ -132,7 +155,7 @@ def test_reconstruction_matches_dense_formula_both_paths(monkeypatch):
             select_band(spec, 0, 100),
             select_band(spec, 50, 100),
         ]:
-            ref = _reference(w, u_g, u_a, sel.dense_mask())
+            ref = masked_reference(w, u_g, u_a, sel.dense_mask())
             for path in ("staircase", "dense"):
                 got = masked_product(w, u_g, u_a, sel, dtype, path=path)
                 np.testing.assert_allclose(got, ref, atol=1e-11)
@@ -161,13 +184,10 @@ def test_sign_invariance_and_layouts():
     )
     np.testing.assert_allclose(edit_weight(w, 0.6, opts, flipped)[0], base, atol=2e-6)
     # Reference in float64 and HF layout from the brute-force mask.
-    pi = np.outer(eig.lam, eig.mu)
-    order = np.argsort(-pi.ravel(), kind="stable")
-    k = np.searchsorted(np.cumsum(pi.ravel()[order]), 0.6 * pi.sum()) + 1
-    mask = np.zeros(pi.size, bool)
-    mask[order[:k]] = True
-    ref = _reference(w.astype(np.float64), eig.U_G, eig.U_A, mask.reshape(m, n))
-    np.testing.assert_allclose(base, ref, atol=2e-6)
+    pi = kronecker_curvature(eig.lam, eig.mu)
+    assert_edit_matches_up_to_ties(
+        base, w, eig.U_G, eig.U_A, pi, brute_force_mask(pi, 0.6), atol=2e-6
+    )
 
 
 def _plan(model, text):
@@ -228,14 +248,11 @@ def test_controls(tiny, eigen_dir):
     # Band: removes exactly the components ranked [10%, 25%) by Π.
     opts = EditOptions(method="band", precision="float64")
     new, row = edit_weight(w, (10.0, 25.0), opts, e, name=GATE0)
-    pi = np.outer(np.maximum(e.lam, 0), np.maximum(e.mu, 0)).astype(np.float64)
-    order = np.argsort(-pi.ravel(), kind="stable")
-    band = np.zeros(pi.size, bool)
-    band[order[round(0.10 * pi.size) : round(0.25 * pi.size)]] = True
-    band = band.reshape(pi.shape)
-    np.testing.assert_allclose(new, _reference(w, e.U_G, e.U_A, ~band), atol=1e-10)
-    assert row["kept"] == pi.size - band.sum()
-    np.testing.assert_allclose(row["kept_fraction"], pi[~band].sum() / pi.sum(), rtol=1e-9)
+    pi = kronecker_curvature(e.lam, e.mu)
+    kept = brute_force_band(pi, 10.0, 25.0)
+    assert_edit_matches_up_to_ties(new, w, e.U_G, e.U_A, pi, kept, atol=1e-10)
+    assert row["kept"] == kept.sum()
+    np.testing.assert_allclose(row["kept_fraction"], pi[kept].sum() / pi.sum(), rtol=1e-6)
     # Random bases: same number kept, a different matrix, reproducible by seed.
     kf, kf_row = edit_weight(w, 0.6, EditOptions(precision="float64"), e, name=GATE0)
     r1, rrow = edit_weight(
@@ -264,12 +281,17 @@ def test_ekfac_hook(tiny, eigen_dir, tmp_path):
     opts = EditOptions(eigenvalues="ekfac", compute_rank=False)
     with pytest.raises(ValueError, match="EK-FAC"):
         edit_weight(w, 0.6, opts, e, eigen, name=GATE0)
-    save_corrected_eigenvalues(run_dir, {GATE0: np.outer(e.lam, e.mu)})
+    # Stored in float64: the very products the staircase path ranks (same ties, same winner).
+    pi_kfac = kronecker_curvature(e.lam, e.mu)
+    save_corrected_eigenvalues(run_dir, {GATE0: pi_kfac})
     eigen = load_eigen(run_dir)
     dense, drow = edit_weight(w, 0.6, opts, e, eigen, name=GATE0)
     stair, srow = edit_weight(w, 0.6, EditOptions(compute_rank=False), e, name=GATE0)
-    assert drow["kept"] == srow["kept"]
-    np.testing.assert_allclose(dense, stair, atol=2e-6)
+    assert abs(drow["kept"] - srow["kept"]) <= 1
+    np.testing.assert_allclose(drow["kept_fraction"], srow["kept_fraction"], rtol=1e-9)
+    ref = brute_force_mask(pi_kfac, 0.6)
+    for got in (dense, stair):
+        assert_edit_matches_up_to_ties(got, w, e.U_G, e.U_A, pi_kfac, ref, atol=2e-6)
     # A genuinely non-Kronecker Π: kept mass equals the brute-force reference.
     pi = np.random.default_rng(4).random(w.shape) ** 4
     sel = select_mass(Spectrum.dense(pi), 0.6)
@@ -304,16 +326,11 @@ def test_export_hf_reload_same_logits_and_hf_layout(tiny, eigen_dir, tmp_path):
     for site_id, rho in plan.targets.items():
         e = eigen.site(site_id)
         w = sd[f"{site_id}.weight"].double().numpy()
-        pi = np.outer(np.maximum(e.lam, 0), np.maximum(e.mu, 0))
-        order = np.argsort(-pi.ravel(), kind="stable")
-        k = np.searchsorted(np.cumsum(pi.ravel()[order]), rho * pi.sum()) + 1
-        mask = np.zeros(pi.size, bool)
-        mask[order[:k]] = True
-        ref = _reference(
-            w, e.U_G.astype(np.float64), e.U_A.astype(np.float64), mask.reshape(pi.shape)
-        )
+        pi = kronecker_curvature(e.lam, e.mu)
         got = hf_edit.state_dict()[f"{site_id}.weight"].double().numpy()
-        np.testing.assert_allclose(got, ref, atol=5e-6)
+        assert_edit_matches_up_to_ties(
+            got, w, e.U_G, e.U_A, pi, brute_force_mask(pi, rho), atol=5e-6
+        )
 
 
 def test_bad_input(tiny, eigen_dir, tmp_path):

@@ -29,7 +29,7 @@ def test_batches_are_split_over_the_data_axes(pair):
 
 def test_one_vs_eight_devices(pair):
     one, eight = pair
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(8)  # seed chosen so no decode step is a near-tie (checked below)
     rows = [
         {
             "prefix_ids": rng.integers(0, 256, 12).tolist(),
@@ -41,6 +41,15 @@ def test_one_vs_eight_devices(pair):
     for r, gen in zip(rows[:3], recitation(one, rows, batch_size=8)["rows"]):
         r["suffix_ids"] = gen["generated_ids"]
     r1, r8 = recitation(one, rows, batch_size=8), recitation(eight, rows, batch_size=8)
+    # 1-vs-8 greedy decodes (and teacher-forced argmaxes) are compared exactly, which holds on
+    # every machine only if no step is a near-tie (the two meshes sum in different orders).
+    for r, gen in zip(rows, r1["rows"]):
+        for cont in (gen["generated_ids"], r["suffix_ids"]):
+            seq = np.asarray([r["prefix_ids"] + list(cont)])
+            logits = np.asarray(one.logits(seq))[0, len(r["prefix_ids"]) - 1 : -1]
+            top2 = np.sort(logits, axis=-1)[:, -2:]
+            # logits ~0.4 agree across meshes to ~1e-7: a 1e-4 margin is 1000x that
+            assert (top2[:, 1] - top2[:, 0]).min() > 1e-4, "near-tie in the fixture; reseed it"
     assert [r["generated_ids"] for r in r1["rows"]] == [r["generated_ids"] for r in r8["rows"]]
     assert {k: r1[k] for k in ("strict", "loose", "mean_distance")} == {
         k: r8[k] for k in ("strict", "loose", "mean_distance")

@@ -2,9 +2,20 @@
 
 Component (i, j) of W [d_out, d_in] is u_G,i u_A,jᵀ with curvature Π_ij: λ_i μ_j for K-FAC (the
 default) or a given [d_out, d_in] matrix (EK-FAC corrected eigenvalues). Negative eigenvalues are
-rounding and are clamped to 0. Sorting all Π descending (ties: smaller i, then smaller j, as the
-authors' heap does), `select_mass` keeps the shortest prefix whose cumulative mass reaches
-ρ·total, the crossing component included; total = (Σλ)(Σμ) for K-FAC, ΣΠ for a full matrix.
+rounding and are clamped to 0. Sorting all Π descending, `select_mass` keeps the shortest prefix
+whose cumulative mass reaches ρ·total, the crossing component included; total = (Σλ)(Σμ) for
+K-FAC, ΣΠ for a full matrix.
+
+Ties. Every path computes Π with one expression, `kronecker_curvature`: the float64 product
+float64(λ_i)·float64(μ_j) (`Spectrum.matrix` materializes exactly these values). Two components are
+tied when those float64 values are bitwise equal; among tied components the one with the smaller
+row-major index (smaller i, then smaller j) ranks first, in the staircase path, the full-Π path and
+the brute-force references of the tests alike (the authors' heap breaks ties the same way).
+Components whose curvatures agree only up to rounding are not ties: which of them crosses the
+threshold depends on the last bit of λ and μ, so it can differ between machines and library
+versions (eigh is not bitwise reproducible). Two edits of the same matrix are therefore compared by
+kept mass (equal to rounding) and by ‖W'₁ − W'₂‖_F = ‖C ⊙ (M₁ − M₂)‖_F (C = U_Gᵀ W U_A), the norm
+of the components on which they differ, never by their index sets.
 
 For K-FAC, λ and μ are sorted, so the kept set is a staircase {Π_ij ≥ τ}: row i keeps columns
 [0, c_i). The threshold τ is found by bisection on the bit pattern of float64 τ (≤ 64 rounds), each
@@ -89,8 +100,19 @@ class Spectrum:
         return float(self.pi.sum())
 
     def matrix(self) -> np.ndarray:
-        """Π [d_out, d_in] (materialized; for tests and small matrices)."""
-        return np.outer(self.lam, self.mu) if self.is_kronecker else self.pi
+        """Π [d_out, d_in] float64 (materialized; for tests and small matrices)."""
+        return kronecker_curvature(self.lam, self.mu) if self.is_kronecker else self.pi
+
+
+def kronecker_curvature(lam: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Π = λ μᵀ [d_out, d_in] as the float64 products every selection path ranks.
+
+    λ [d_out] and μ [d_in] are cast to float64 and clamped at 0 before the product, so
+    Π_ij = float64(λ_i)·float64(μ_j) bit for bit as `row_counts` computes it.
+    """
+    lam = np.maximum(np.asarray(lam, np.float64), 0.0)
+    mu = np.maximum(np.asarray(mu, np.float64), 0.0)
+    return lam[:, None] * mu[None, :]
 
 
 @dataclasses.dataclass(frozen=True)
