@@ -299,9 +299,3 @@ def select_band(spec: Spectrum, lo: float, hi: float, name: str = "matrix") -> S
         )
     order = _dense_order(spec)
     return _finish(spec, mask=~_dense_top(spec, k_hi, order) | _dense_top(spec, k_lo, order))
-
-
-def select_all(spec_shape: tuple[int, int], total: float = 0.0) -> Selection:
-    """Keep every component (an untouched matrix)."""
-    m, n = spec_shape
-    return Selection(spec_shape, (), True, None, m * n, total, total)
