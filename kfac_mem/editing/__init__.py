@@ -1,4 +1,4 @@
-"""The curvature-mass weight edit (DESIGN.md §2) and its controls.
+"""The curvature-mass weight edit (docs/design.md §2.6) and its controls.
 
 selection    which components to keep: ρ-mass staircases, percentile bands, full-Π (EK-FAC)
 reconstruct  W' = U_G((U_Gᵀ W U_A) ⊙ M)U_Aᵀ, two-arm staircase products

@@ -1,4 +1,4 @@
-"""Which rank-one components of a weight to keep, by curvature (DESIGN.md §2).
+"""Which rank-one components of a weight to keep, by curvature (docs/design.md §2.6).
 
 Component (i, j) of W [d_out, d_in] is u_G,i u_A,jᵀ with curvature Π_ij: λ_i μ_j for K-FAC (the
 default) or a given [d_out, d_in] matrix (EK-FAC corrected eigenvalues). Negative eigenvalues are
