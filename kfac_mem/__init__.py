@@ -1,43 +1,67 @@
 """kfac_mem: K-FAC curvature analysis and removal of memorization, in JAX.
 
 The pipeline's stages as library calls (each is what the `kfac-mem` subcommand of the same name
-runs): `collect` → `load_factors` → `decompose_run` → `load_eigen` → `parse_plan` + `apply_plan`
-(the edit); the analyzer is `kfac_mem.analysis.analyze`, the evaluations `kfac_mem.evaluation`,
-the baselines and comparison `kfac_mem.baselines`.
+runs): `make_mesh` → `select_sites` → `collect` → `load_factors` → `decompose_run` → `load_eigen` →
+`parse_plan` / `plan_from_flags` + `apply_plan` (the edit) → `mine`, `run_evaluation` → `analyze`.
+The method and the on-disk formats are docs/design.md; the public API is `__all__` here and in
+the stage packages (`kfac_mem.editing`, `.evaluation`, `.analysis`, `.baselines`, `.vision`);
+deeper imports are internal.
 """
 
+from kfac_mem.analysis import AnalyzeOptions as AnalyzeOptions
+from kfac_mem.analysis import analyze as analyze
 from kfac_mem.collect import CollectConfig as CollectConfig
 from kfac_mem.collect import collect as collect
 from kfac_mem.data import LabelledExamples as LabelledExamples
 from kfac_mem.data import Windows as Windows
 from kfac_mem.data import load_windows as load_windows
 from kfac_mem.editing import EditOptions as EditOptions
+from kfac_mem.editing import EditPlan as EditPlan
 from kfac_mem.editing import apply_plan as apply_plan
 from kfac_mem.editing import parse_plan as parse_plan
+from kfac_mem.editing import plan_from_flags as plan_from_flags
 from kfac_mem.eigen_run import EigenRun as EigenRun
+from kfac_mem.eigen_run import SiteEigen as SiteEigen
 from kfac_mem.eigen_run import decompose_run as decompose_run
 from kfac_mem.eigen_run import load_eigen as load_eigen
+from kfac_mem.evaluation import MiningConfig as MiningConfig
+from kfac_mem.evaluation import mine as mine
+from kfac_mem.evaluation import run_evaluation as run_evaluation
 from kfac_mem.factors import Factor as Factor
 from kfac_mem.factors import FactorRun as FactorRun
 from kfac_mem.factors import load_factors as load_factors
 from kfac_mem.protocol import CurvatureModel as CurvatureModel
+from kfac_mem.selection import select_sites as select_sites
+from kfac_mem.sharding import MeshConfig as MeshConfig
+from kfac_mem.sharding import load_mesh_config as load_mesh_config
 from kfac_mem.sharding import make_mesh as make_mesh
 
 __all__ = [
+    "AnalyzeOptions",
     "CollectConfig",
     "CurvatureModel",
     "EditOptions",
+    "EditPlan",
     "EigenRun",
     "Factor",
     "FactorRun",
     "LabelledExamples",
+    "MeshConfig",
+    "MiningConfig",
+    "SiteEigen",
     "Windows",
+    "analyze",
     "apply_plan",
     "collect",
     "decompose_run",
     "load_eigen",
     "load_factors",
+    "load_mesh_config",
     "load_windows",
     "make_mesh",
+    "mine",
     "parse_plan",
+    "plan_from_flags",
+    "run_evaluation",
+    "select_sites",
 ]

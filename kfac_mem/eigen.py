@@ -1,4 +1,4 @@
-"""Stacked, sharded eigendecomposition of symmetric K-FAC factors (DESIGN.md §2, §5).
+"""Stacked, sharded eigendecomposition of symmetric K-FAC factors (docs/design.md §2.5, §7.4).
 
 Same-shape factors are stacked on a leading axis carrying the logical name `factor_stack`; the
 stack is padded with identity matrices to a multiple of the number of devices that axis spans, and

@@ -31,7 +31,6 @@ from jax.sharding import Mesh
 from kfac_mem.atomic import write_json_atomic
 from kfac_mem.eigen import (
     check_finite,
-    local_rows,
     padded_size,
     precision_scope,
     stack_shards,
@@ -376,11 +375,3 @@ def save_corrected_eigenvalues(
 def load_eigen(path: str) -> EigenRun:
     """Read an eigen run written by `decompose_run` / `kfac-mem decompose`."""
     return EigenRun(path)
-
-
-def host_eigh(
-    stack: np.ndarray, mesh: Mesh | None = None, rules: Rules | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """`stacked_eigh` returning host numpy without the padding (single-process convenience)."""
-    w, u = stacked_eigh(stack, mesh, rules)
-    return local_rows(w, stack.shape[0]), local_rows(u, stack.shape[0])

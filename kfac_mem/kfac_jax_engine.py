@@ -1,7 +1,7 @@
 """The `kfac-jax` collection engine and an importer of kfac-jax curvature states.
 
 kfac-jax's `BlockDiagonalCurvature` registers every dense layer by graph matching and stores, per
-batch of B windows (measured in `reference/kfac-jax-study.md` §1):
+batch of B windows (measured as in docs/design.md §8):
     A_raw = Σ_tok a aᵀ / B;   G_raw = Σ_tok g gᵀ / B    (fisher_gradients, sampled labels)
                               G_raw = Σ_tok g gᵀ / B²   (fisher_empirical, given labels)
 so our sums are A_raw·B and G_raw·B (resp. ·B²). `use_masking=False` is required (the default

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's OLMo-2 7B setting end to end (DESIGN.md §2): factors from ~20M tokens of a
+# The paper's OLMo-2 7B setting end to end (docs/design.md §2.6): factors from ~20M tokens of a
 # pretraining-like corpus with sampled labels at sequence length 512, eigendecomposition, the edit
 # of layers 23-25 gate_proj + up_proj at rho = 0.6 (down_proj untouched), then evaluation.
 #

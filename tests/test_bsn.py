@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy_memorizer import ToyConfig, cached_toy, write_toy
 
 from kfac_mem.baselines.bsn import (
     BSNConfig,
@@ -23,7 +24,6 @@ from kfac_mem.baselines.bsn import (
     topk_mask,
     train_bsn,
 )
-from kfac_mem.baselines.toy import ToyConfig, cached_toy, write_toy
 from kfac_mem.cli import main as cli_main
 from kfac_mem.evaluation import perplexity, recitation
 from kfac_mem.evaluation.batching import place_batch

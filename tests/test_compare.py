@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from toy_memorizer import ToyConfig, cached_toy, write_toy
 
 from kfac_mem.baselines import (
     BSNConfig,
@@ -24,7 +25,6 @@ from kfac_mem.baselines.stress import (
     shifted_prompts,
 )
 from kfac_mem.baselines.table import markdown
-from kfac_mem.baselines.toy import ToyConfig, cached_toy, write_toy
 from kfac_mem.cli import main as cli_main
 from kfac_mem.collect import CollectConfig, collect
 from kfac_mem.data import Windows, array_fingerprint

@@ -52,6 +52,23 @@ def test_levenshtein_matches_brute_force_on_random_sequences():
         assert levenshtein(a, b) == levenshtein(b, a)
 
 
+def test_levenshtein_rapidfuzz_parity_on_vocab_sized_ids():
+    """Real token ids (up to a 100k vocab, as numpy arrays), empty and equal sequences, and lengths
+    past rapidfuzz's 64-item bit-parallel block, against the independent recursion."""
+    rng = np.random.default_rng(1)
+    for n, m in [(0, 0), (0, 7), (7, 0), (70, 65), (130, 3)]:
+        a = rng.integers(0, 100_352, n)
+        b = np.concatenate([a[: m // 2], rng.integers(0, 100_352, m - m // 2)])
+        assert levenshtein(a, b) == brute_levenshtein(a.tolist(), b.tolist()), (n, m)
+    for _ in range(50):
+        a = rng.integers(0, 100_352, rng.integers(0, 80))
+        assert levenshtein(a, a.copy()) == 0
+        b = a.copy()
+        if b.size:
+            b[rng.integers(0, b.size)] += 1  # one substitution
+        assert levenshtein(a, b) == brute_levenshtein(a.tolist(), b.tolist())
+
+
 def test_strict_and_loose_thresholds():
     target = list(range(48))
     assert recitation_match(target, target) == (0, 0.0, True, True)

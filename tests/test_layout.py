@@ -53,8 +53,22 @@ def test_importing_models_loads_no_kfac_mem_module():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("package", [models, kfac_mem])
-def test_public_names_import(package):
+PUBLIC_PACKAGES = (
+    "models",
+    "kfac_mem",
+    "kfac_mem.analysis",
+    "kfac_mem.baselines",
+    "kfac_mem.cli",
+    "kfac_mem.demo",
+    "kfac_mem.editing",
+    "kfac_mem.evaluation",
+    "kfac_mem.vision",
+)
+
+
+@pytest.mark.parametrize("name", PUBLIC_PACKAGES)
+def test_public_names_import(name):
+    package = importlib.import_module(name)
     assert package.__all__, f"{package.__name__}.__all__ is empty"
     for name in package.__all__:
         assert getattr(package, name) is not None, f"{package.__name__}.{name}"

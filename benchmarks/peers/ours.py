@@ -1,7 +1,7 @@
 """kfac-mem's pipeline on an HF directory: the library calls behind `kfac-mem collect / decompose /
 edit`, timed, plus the same three stages as CLI command lines (for end-to-end wall time).
 
-Normalizations are the library's (DESIGN.md §2): A = Σ_t a_t a_tᵀ / n and G = Σ_t g_t g_tᵀ / n
+Normalizations are the library's (docs/design.md §2.2): A = Σ_t a_t a_tᵀ / n and G = Σ_t g_t g_tᵀ / n
 with n = B·(S−1) per batch (the last position of each window has no label and is excluded) and
 g_t = ∂L/∂s_t for L the cross-entropy *summed* over the window.
 """

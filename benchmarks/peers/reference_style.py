@@ -1,5 +1,5 @@
 """A PyTorch hook pipeline in the style of the authors' release (written here from the description
-in shared/reference/reference-implementation-notes.md; no code copied).
+in docs/design.md §2.9 and below; no code copied).
 
 Collection: the target blocks are processed in groups of `layers_per_pass`, and **each group
 re-streams every window**. For each hooked `nn.Linear`, a forward pre-hook takes the input

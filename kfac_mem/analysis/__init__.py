@@ -1,4 +1,4 @@
-"""The sharp-vs-flat direction analyzer (DESIGN.md §3; `kfac-mem analyze`).
+"""The sharp-vs-flat direction analyzer (docs/design.md §4; `kfac-mem analyze`).
 
     from kfac_mem.analysis import AnalyzeOptions, analyze
     report = analyze(model, "runs/eigen", {"memorized": rows, "clean": "held_out.txt"},

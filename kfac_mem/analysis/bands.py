@@ -72,7 +72,7 @@ class KfacBands:
     def column_multiplicity(self) -> np.ndarray:
         """n_B(j) float32 [d_in, n_bands]: #{i : (i, j) in band B}.
 
-        Pair-faithful band norm of an input x (paper-notes §4): ‖P_B x‖² = Σ_j n_B(j)(v_jᵀx)²,
+        Pair-faithful band norm of an input x (docs/design.md §4): ‖P_B x‖² = Σ_j n_B(j)(v_jᵀx)²,
         the summed squared activation |v_jᵀx|² of every component u_i v_jᵀ in the band.
         """
         d_out, d_in = self.shape

@@ -1,6 +1,6 @@
 """Findings: the paper's claim checked, layer by layer, against what the analyzer measured.
 
-The claim (DESIGN.md §3): memorized examples are sharp and idiosyncratic and live in the
+The claim (docs/design.md §4): memorized examples are sharp and idiosyncratic and live in the
 population's flat (low-Π) bands; shared skills are broad, consistent and live in the high bands.
 Each finding compares one set with the clean set and states in how many layers the measured
 numbers go the way the claim predicts: "agrees" (all), "contradicts" (none) or "mixed"; "n/a"

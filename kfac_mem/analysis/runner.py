@@ -1,4 +1,4 @@
-"""`analyze`: the sharp-vs-flat direction analyzer as one library call (DESIGN.md §3).
+"""`analyze`: the sharp-vs-flat direction analyzer as one library call (docs/design.md §4).
 
 Reads a placed model, an eigen run and named example sets; measures the population spectra, the
 per-example curvature of every example in the K-FAC eigenbasis, activation band strengths (K-FAC

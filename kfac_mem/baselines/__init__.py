@@ -5,7 +5,6 @@ matching  search a method's strength knob until held-out perplexity matches a ta
 stress    positional perturbation of the prefix and relearning on clean text
 compare   K-FAC, SVD and BSN at matched perplexity: recitation, perplexity, nDCG@10, time
 table     the Markdown tables of a comparison
-toy       a tiny model trained in-process to memorize windows (tests, preliminary tables)
 """
 
 from kfac_mem.baselines.bsn import BSNConfig, BSNResult, train_bsn

@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
 # Subcommand name -> module under kfac_mem.cli (imported lazily so `--help` is fast).
 SUBCOMMANDS = {
     "collect": "collect",

@@ -9,7 +9,6 @@ each stage through the same library code the CLI subcommands run, with artifacts
 from __future__ import annotations
 
 import collections
-import json
 import os
 import time
 from typing import Any
@@ -262,8 +261,3 @@ def run_analysis(
         options=options,
         log=log,
     )
-
-
-def load_summary(out_dir: str) -> dict[str, Any]:
-    with open(os.path.join(out_dir, "summary.json")) as f:
-        return json.load(f)

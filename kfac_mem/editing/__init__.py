@@ -1,4 +1,4 @@
-"""The curvature-mass weight edit (DESIGN.md §2) and its controls.
+"""The curvature-mass weight edit (docs/design.md §2.6) and its controls.
 
 selection    which components to keep: ρ-mass staircases, percentile bands, full-Π (EK-FAC)
 reconstruct  W' = U_G((U_Gᵀ W U_A) ⊙ M)U_Aᵀ, two-arm staircase products
@@ -9,7 +9,14 @@ report       the printed table
 """
 
 from kfac_mem.editing.apply import EditOptions, apply_plan, edit_kernel, edit_weight
-from kfac_mem.editing.plan import METHODS, EditPlan, parse_plan, plan_from_file, plan_from_json
+from kfac_mem.editing.plan import (
+    METHODS,
+    EditPlan,
+    parse_plan,
+    plan_from_file,
+    plan_from_flags,
+    plan_from_json,
+)
 from kfac_mem.editing.selection import (
     NO_EDIT_RHO,
     Selection,
@@ -30,6 +37,7 @@ __all__ = [
     "edit_weight",
     "parse_plan",
     "plan_from_file",
+    "plan_from_flags",
     "plan_from_json",
     "select_band",
     "select_mass",

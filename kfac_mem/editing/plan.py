@@ -6,7 +6,7 @@ Accepted forms (a projection left out, or given null, is untouched):
   {"model.layers.23.mlp.gate_proj": 0.6}           HF layer id -> value
 Projections may be short (`gate`) or module names (`gate_proj`, `mlp.gate_proj`).
 
-What the value means depends on the method (DESIGN.md §2 and the paper's controls):
+What the value means depends on the method (docs/design.md §2.8):
   kfac, random   ρ in (0, 1]: fraction of curvature mass kept (ρ ≥ 0.9999: untouched)
   svd            fraction in [0, 1) of the bottom singular components dropped (0: untouched);
                  the paper's 7B control drops 0.5% on up/down and 50% on gate

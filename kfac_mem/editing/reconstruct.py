@@ -1,5 +1,5 @@
 """W' = U_G ((U_Gᵀ W U_A) ⊙ M) U_Aᵀ for a kept set M, without forming the dense product when M is
-a staircase (DESIGN.md §2).
+a staircase (docs/design.md §2.6).
 
 Entry C_ij = u_G,iᵀ W u_A,j needs either the row projection u_G,iᵀ W or the column projection
 W u_A,j (d_out·d_in flops each); for a staircase (row i keeps columns [0, c_i), c non-increasing)

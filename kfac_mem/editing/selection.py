@@ -1,4 +1,4 @@
-"""Which rank-one components of a weight to keep, by curvature (DESIGN.md §2).
+"""Which rank-one components of a weight to keep, by curvature (docs/design.md §2.6).
 
 Component (i, j) of W [d_out, d_in] is u_G,i u_A,jᵀ with curvature Π_ij: λ_i μ_j for K-FAC (the
 default) or a given [d_out, d_in] matrix (EK-FAC corrected eigenvalues). Negative eigenvalues are
@@ -321,9 +321,3 @@ def select_band(spec: Spectrum, lo: float, hi: float, name: str = "matrix") -> S
         )
     order = _dense_order(spec)
     return _finish(spec, mask=~_dense_top(spec, k_hi, order) | _dense_top(spec, k_lo, order))
-
-
-def select_all(spec_shape: tuple[int, int], total: float = 0.0) -> Selection:
-    """Keep every component (an untouched matrix)."""
-    m, n = spec_shape
-    return Selection(spec_shape, (), True, None, m * n, total, total)

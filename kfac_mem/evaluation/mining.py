@@ -1,4 +1,4 @@
-"""Mining memorized windows the paper's way (DESIGN.md §2 "Evaluation protocol").
+"""Mining memorized windows the paper's way (docs/design.md §3).
 
 Candidate windows [prefix P | suffix S] are cut from each tokenized document every `stride` tokens
 (never across documents). A window is memorized when, teacher-forced on the true tokens, the

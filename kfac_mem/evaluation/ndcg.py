@@ -1,4 +1,4 @@
-"""nDCG@k of a model's next-token ranking against a baseline model's top-k (DESIGN.md §2).
+"""nDCG@k of a model's next-token ranking against a baseline model's top-k (docs/design.md §3).
 
 At each position, the model's rank-r token (r = 1..k) has relevance k − b + 1 if it is the
 baseline's rank-b token (b ≤ k), else 0. DCG = Σ_r rel_r / log2(r + 1); dividing by the ideal DCG

@@ -34,7 +34,7 @@ def perplexity(model, windows: np.ndarray, params=None, batch_size: int = 8) -> 
     """Perplexity of `model` (or `params`) on token windows int [N, L].
 
     Every position but the last of each window predicts the next token: N·(L−1) predictions, no
-    padding. The headline number is exp(Σ NLL / #tokens) (token-weighted; DESIGN.md §2).
+    padding. The headline number is exp(Σ NLL / #tokens) (token-weighted; docs/design.md §3).
 
     Returns:
       {"perplexity", "nll" (mean nats per token), "tokens", "windows", "window_length",

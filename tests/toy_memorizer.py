@@ -15,15 +15,13 @@ set) and validation; the quotes are the OOD set. Held-out clean windows (perplex
 separate retain set (BSN, relearning) and a sample of the training mixture (K-FAC factors) are
 drawn from disjoint seeded streams.
 
-    python -m kfac_mem.baselines.toy --out runs/toy [--size small]
+Test-only (tests/test_bsn.py, tests/test_compare.py); not part of the package.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -235,31 +233,3 @@ def write_toy(toy: Toy, out_dir: str) -> dict[str, str]:
         {"config": dataclasses.asdict(toy.config), "stats": toy.stats, "paths": paths},
     )
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m kfac_mem.baselines.toy",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--size", choices=sorted(SIZES), default="small", help="model/data size")
-    p.add_argument("--steps", type=int, default=None, help="override the training steps")
-    p.add_argument("--seed", type=int, default=None, help="override the seed")
-    p.add_argument("--mesh", default="fsdp", help="mesh config name or YAML path")
-    args = p.parse_args(argv)
-    c = SIZES[args.size]
-    if args.steps is not None:
-        c = dataclasses.replace(c, steps=args.steps)
-    if args.seed is not None:
-        c = dataclasses.replace(c, seed=args.seed)
-    mesh, rules = make_mesh(args.mesh)
-    toy = build_toy(c, mesh, rules, log=print)
-    paths = write_toy(toy, args.out)
-    print(json.dumps({"stats": toy.stats, "paths": paths}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
