@@ -7,7 +7,9 @@ from models.checkpoint import save_model as save_model
 from models.config import PRESETS as PRESETS
 from models.config import DecoderConfig as DecoderConfig
 from models.config import get_config as get_config
+from models.generate import beam_search as beam_search
 from models.generate import greedy_generate as greedy_generate
+from models.generate import sample_generate as sample_generate
 from models.hf import export_hf as export_hf
 from models.language_model import LanguageModel as LanguageModel
 from models.language_model import init_params as init_params
@@ -27,6 +29,7 @@ __all__ = [
     "LinearSite",
     "ViTConfig",
     "VisionModel",
+    "beam_search",
     "export_hf",
     "export_vit_hf",
     "get_config",
@@ -36,5 +39,6 @@ __all__ = [
     "installed_file",
     "load_pretrained",
     "load_vit_hf",
+    "sample_generate",
     "save_model",
 ]

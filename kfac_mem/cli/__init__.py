@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "demo": "demo",
     "baseline": "baseline",
     "compare": "compare",
+    "audit": "audit",
 }
 
 

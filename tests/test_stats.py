@@ -1,0 +1,91 @@
+"""kfac_mem.stats against closed forms and brute force."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from kfac_mem import stats
+
+
+def _wilson_closed_form(k, n, z=1.959963984540054):
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (5, 10), (13, 13), (3, 48), (1, 1)])
+def test_wilson_matches_closed_form(k, n):
+    lo, hi = stats.wilson(k, n)
+    elo, ehi = _wilson_closed_form(k, n)
+    assert lo == pytest.approx(max(0.0, elo), abs=1e-9)
+    assert hi == pytest.approx(min(1.0, ehi), abs=1e-9)
+    r = stats.proportion([1] * k + [0] * (n - k))
+    assert (r["k"], r["n"]) == (k, n) and r["lo"] <= r["rate"] <= r["hi"]
+
+
+def test_wilson_known_value_and_empty():
+    lo, hi = stats.wilson(0, 10)  # the textbook value
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    assert stats.proportion(0, 0)["rate"] is None
+    with pytest.raises(ValueError, match="0/1"):
+        stats.proportion([0.5, 1.0])
+
+
+def test_mcnemar_equals_brute_force_binomial():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        a = rng.random(30) < rng.random()
+        b = rng.random(30) < rng.random()
+        r = stats.mcnemar(a, b)
+        x, d = r["a_only"], r["a_only"] + r["b_only"]
+        # two-sided exact: sum of outcomes no likelier than the observed one under Bin(d, 1/2)
+        pmf = [math.comb(d, i) / 2**d for i in range(d + 1)]
+        brute = min(1.0, sum(p for p in pmf if p <= pmf[x] * (1 + 1e-7))) if d else 1.0
+        assert r["p_value"] == pytest.approx(brute, rel=1e-9)
+    # 6 discordant pairs all one way: p = 2 / 2^6
+    r = stats.mcnemar([0] * 6 + [1] * 4, [1] * 6 + [1] * 4)
+    assert (r["a_only"], r["b_only"]) == (0, 6) and r["p_value"] == pytest.approx(1 / 32)
+
+
+def test_bootstrap_mean_matches_brute_force_percentiles():
+    x = np.random.default_rng(0).exponential(size=40)
+    r = stats.bootstrap_mean(x, seed=1)
+    rng = np.random.default_rng(123)
+    means = x[rng.integers(0, x.size, (20000, x.size))].mean(axis=1)
+    blo, bhi = np.percentile(means, [2.5, 97.5])
+    assert r["mean"] == pytest.approx(x.mean())
+    assert r["lo"] == pytest.approx(blo, abs=0.05) and r["hi"] == pytest.approx(bhi, abs=0.05)
+    assert stats.bootstrap_mean(x, seed=1) == r  # seeded
+    const = stats.bootstrap_mean([0.25] * 7)
+    assert const["lo"] == const["hi"] == 0.25
+
+
+def test_bootstrap_ratio_is_paired_and_exact_on_full_enumeration():
+    # n = 3: enumerate all 27 resamples; the percentile interval lies within their ratio range
+    a, b = np.array([1.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0])
+    r = stats.bootstrap_ratio(a, b, seed=0)
+    ratios = [a[list(i)].mean() / b[list(i)].mean() for i in itertools.product(range(3), repeat=3)]
+    assert r["ratio"] == pytest.approx(2 / 3)
+    assert min(ratios) <= r["lo"] <= r["ratio"] <= r["hi"] <= max(ratios)
+    assert stats.bootstrap_ratio([1, 1], [0, 0])["ratio"] is None
+
+
+def test_paired_difference_and_compare():
+    same = stats.compare_paired([1, 0, 1, 1], [1, 0, 1, 1])
+    assert same["difference"] == 0 and same["lo"] == same["hi"] == 0
+    assert not same["excludes_zero"] and same["mcnemar"]["p_value"] == 1.0
+    a, b = np.zeros(30), np.ones(30)
+    d = stats.compare_paired(a, b)
+    assert d["difference"] == -1 and d["excludes_zero"] and d["mcnemar"]["b_only"] == 30
+    assert "McNemar p" in stats.fmt_diff(d)
+
+
+def test_across_seeds_t_interval():
+    r = stats.across_seeds([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)  # t_{0.975, 4}
+    assert r["mean"] == 3.0 and r["sd"] == pytest.approx(math.sqrt(2.5))
+    assert r["lo"] == pytest.approx(3 - half) and r["hi"] == pytest.approx(3 + half)
+    assert stats.fmt_interval(r, "mean") == f"3.0 [{3 - half:.1f}, {3 + half:.1f}]"
