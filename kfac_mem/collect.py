@@ -57,6 +57,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -467,25 +468,41 @@ def choose_reduce(
             model, sites, config, forced[0], batch, n_data, engine
         )
         return ReduceChoice(forced[0], forced[1], cost, budget, schemes, compiled)
-    compiled, cost, schemes = compile_step(
-        model, sites, config, "checkpoint", batch, n_data, engine
-    )
-    if cost.total_bytes <= budget:
-        reason = f"fastest; fits: {gib(cost.total_bytes)} per device of {gib(budget)} ({source})"
-        return ReduceChoice("checkpoint", reason, cost, budget, schemes, compiled)
-    first = cost
-    compiled, cost, schemes = compile_step(model, sites, config, "step", batch, n_data, engine)
-    if cost.total_bytes <= budget:
-        reason = (
-            f"checkpoint needs {gib(first.total_bytes)} per device, over {gib(budget)} ({source}); "
-            f"step needs {gib(cost.total_bytes)}"
+    fits = {}
+    for mode in ("checkpoint", "step"):
+        compiled, cost, schemes, refused = _compile_or_refusal(
+            model, sites, config, mode, batch, n_data, engine
         )
-        return ReduceChoice("step", reason, cost, budget, schemes, compiled)
+        fits[mode] = refused or gib(cost.total_bytes)
+        if refused is None and cost.total_bytes <= budget:
+            if mode == "checkpoint":
+                reason = (
+                    f"fastest; fits: {gib(cost.total_bytes)} per device of {gib(budget)} ({source})"
+                )
+            else:
+                reason = (
+                    f"checkpoint needs {fits['checkpoint']} per device, over {gib(budget)} "
+                    f"({source}); step needs {gib(cost.total_bytes)}"
+                )
+            return ReduceChoice(mode, reason, cost, budget, schemes, compiled)
     raise ValueError(
-        f"batch_size {config.batch_size} does not fit: even reduce='step' needs "
-        f"{gib(cost.total_bytes)} per device (temp {gib(cost.temp_bytes)}) of {gib(budget)} "
-        f"({source}). Give a smaller --batch-size, fewer layers, or more devices."
+        f"batch_size {config.batch_size} does not fit: even reduce='step' needs {fits['step']} "
+        f"per device of {gib(budget)} ({source}). Give a smaller --batch-size, fewer layers, or "
+        f"more devices."
     )
+
+
+def _compile_or_refusal(model, sites, config, mode, batch, n_data, engine):
+    """compile_step, or (None, None, {}, the compiler's message) where the compiler itself refuses
+    the program for exceeding device memory (the TPU compiler does)."""
+    try:
+        return (*compile_step(model, sites, config, mode, batch, n_data, engine), None)
+    except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED at compile time
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
+            raise
+        m = re.search(r"Used ([\d.]+[GMK]) of ([\d.]+[GMK]) hbm", text)
+        return None, None, {}, (f"{m[1]} of {m[2]} HBM (compiler)" if m else "over HBM (compiler)")
 
 
 def run_identity(
