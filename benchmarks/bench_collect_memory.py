@@ -84,7 +84,7 @@ def abstract_model(config, devices) -> LanguageModel:
     return LanguageModel(config, params, None, mesh, cfg.rules)
 
 
-def measure(row: Row, seq: int) -> dict:
+def measure(row: Row, seq: int, phases=("before", "after"), after_reduce: str = "auto") -> dict:
     config = (olmo2_7b if row.model == "7b" else olmo2_1b)().replace(
         dtype="bfloat16", param_dtype="bfloat16"
     )
@@ -137,7 +137,8 @@ def measure(row: Row, seq: int) -> dict:
         return {"mode": row.before, "cost": dataclasses.asdict(cost), "total": cost.total_bytes}
 
     def after():
-        choice = choose_reduce(model, sites, base, tokens, n_data, budget_bytes=hbm)
+        cfg = dataclasses.replace(base, reduce=after_reduce)
+        choice = choose_reduce(model, sites, cfg, tokens, n_data, budget_bytes=hbm)
         kinds = sorted(set(choice.schemes.values()))
         return {
             "mode": choice.mode if choice.mode == "checkpoint" else f"step ({'/'.join(kinds)})",
@@ -146,8 +147,8 @@ def measure(row: Row, seq: int) -> dict:
             "total": choice.cost.total_bytes,
         }
 
-    attempt("before", before)
-    attempt("after", after)
+    for label in phases:
+        attempt(label, {"before": before, "after": after}[label])
     return out
 
 
@@ -178,6 +179,7 @@ def write_md(rows: list[dict], path: str, argv: list[str]) -> None:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        r.setdefault("before", {"error": "not run", "oom": None})
         a = r.get("after", {})
         fits = "error" not in a and a.get("total", 1 << 62) <= r["hbm_bytes"]
         lines.append(
@@ -198,15 +200,26 @@ def main():
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--out", default="benchmarks/results/collect_memory_tpu.md")
     p.add_argument("--jsonl", default="benchmarks/results/collect_memory_tpu.jsonl")
+    p.add_argument("--phases", default="before,after", help="before,after or one of them")
+    p.add_argument(
+        "--after-reduce",
+        default="auto",
+        choices=("auto", "step"),
+        help="after: reduce=auto as collect runs it, or step directly (skips compiling the "
+        "checkpoint program where it is known not to fit)",
+    )
     args = p.parse_args()
     wanted = args.rows.split(",")
     done = []
-    for row in ROWS:
-        if row.name in wanted:
-            done.append(measure(row, args.seq_len))
-            with open(args.jsonl, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in done)
-            write_md(done, args.out, ["benchmarks/bench_collect_memory.py", *sys.argv[1:]])
+    by_name = {r.name: r for r in ROWS}
+    unknown = sorted(set(wanted) - set(by_name))
+    if unknown:
+        raise SystemExit(f"--rows: unknown {unknown}; known: {sorted(by_name)}")
+    for row in (by_name[w] for w in wanted):
+        done.append(measure(row, args.seq_len, tuple(args.phases.split(",")), args.after_reduce))
+        with open(args.jsonl, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in done)
+        write_md(done, args.out, ["benchmarks/bench_collect_memory.py", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def abstract_model(config: DecoderConfig, devices) -> LanguageModel:
     return LanguageModel(config, params, None, mesh, cfg.rules)
 
 
-def all_mlp_temp(config: DecoderConfig, batch: int, seq: int, tpu: bool) -> dict[str, int]:
+def all_mlp_temp(
+    config: DecoderConfig, batch: int, seq: int, tpu: bool, schemes=("gather", "scatter")
+) -> dict[str, int]:
     model = abstract_model(config, eight_devices(tpu))
     sites = select_sites(model.linear_sites(), projections=["gate", "up", "down"])
     tokens = jax.ShapeDtypeStruct(
@@ -56,7 +58,7 @@ def all_mlp_temp(config: DecoderConfig, batch: int, seq: int, tpu: bool) -> dict
         ),
     )
     out = {}
-    for scheme in ("gather", "scatter"):
+    for scheme in schemes:
         cfg = CollectConfig(batch_size=batch, vocab_chunk=4096, scheme=scheme)
         _, cost, used = compile_step(model, sites, cfg, "step", tokens, n_data=8)
         assert set(used.values()) == {scheme}
@@ -64,13 +66,14 @@ def all_mlp_temp(config: DecoderConfig, batch: int, seq: int, tpu: bool) -> dict
     return out
 
 
-def check(config: DecoderConfig, batch: int, seq: int, tpu: bool) -> None:
+def check(config: DecoderConfig, batch: int, seq: int, tpu: bool, both: bool = True) -> None:
     full = 4 * config.intermediate_size**2  # one float32 factor of the largest site (G of gate/up)
-    temp = all_mlp_temp(config, batch, seq, tpu)
+    temp = all_mlp_temp(config, batch, seq, tpu, ("gather", "scatter") if both else ("gather",))
     # Row blocks: temporaries stay below one full factor; forming the full outer product before
     # the reduce-scatter (the other scheme) does not (so this check can fail).
     assert temp["gather"] < full, (temp, full)
-    assert temp["scatter"] >= full, (temp, full)
+    if both:
+        assert temp["scatter"] >= full, (temp, full)
 
 
 def _config(hidden, intermediate, layers, heads, vocab):
@@ -91,7 +94,7 @@ def _config(hidden, intermediate, layers, heads, vocab):
 
 def test_all_mlp_row_blocks_below_one_factor_cpu_small():
     """Fast variant (default suite): the CPU compiler's view, one block, 8 CPU devices."""
-    check(_config(256, 4096, 1, 4, 2048), batch=8, seq=64, tpu=False)
+    check(_config(256, 4096, 1, 4, 2048), batch=8, seq=64, tpu=False, both=False)
 
 
 @pytest.mark.slow
