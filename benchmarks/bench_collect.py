@@ -2,6 +2,7 @@
 
 Usage:
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/bench_collect.py [--quick]
+      [--reduce checkpoint|step] [--scheme auto|gather|scatter]
 
 Prints one JSON line per measurement:
   * ratio: one collection step (sampled labels) / one jitted value_and_grad step of the summed
@@ -28,7 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfac_mem.collect import CollectConfig, make_step, partial_shardings, zero_sums
+from kfac_mem.collect import (
+    CollectConfig,
+    factor_shardings,
+    make_step,
+    partial_shardings,
+    zero_sums,
+)
 from kfac_mem.selection import select_sites
 from kfac_mem.sharding import logical_to_sharding, make_mesh
 from models import DecoderConfig, LanguageModel, init_params
@@ -49,6 +56,7 @@ def timed(fn, repeats):
 
 
 def emit(**row):
+    row.update(**REDUCE)
     row.update(
         machine=f"{platform.machine()} {jax.devices()[0].platform} x{jax.device_count()}",
         cpu_count=__import__("os").cpu_count(),
@@ -77,16 +85,23 @@ def train_step(model):
     return jax.jit(jax.value_and_grad(loss))
 
 
+REDUCE = {"reduce": "checkpoint", "scheme": "auto"}  # set from --reduce / --scheme
+
+
 def collect_step(model, sites, batch, n_data):
-    cfg = CollectConfig(mode="sampled", batch_size=batch, vocab_chunk=4096)
-    sh = partial_shardings(sites, model.mesh, model.rules)
+    cfg = CollectConfig(mode="sampled", batch_size=batch, vocab_chunk=4096, **REDUCE)
+    if cfg.reduce == "checkpoint":
+        sh, lead = partial_shardings(sites, model.mesh, model.rules), n_data
+    else:
+        sh, lead = factor_shardings(sites, model.mesh, model.rules), None
     step = make_step(model, sites, cfg, sh, n_data)
-    state = {"sums": zero_sums(sites, "float32", sh, leading=n_data)}
+    state = {"sums": zero_sums(sites, "float32", sh, leading=lead)}
 
     key = jax.random.key(0)
+    n_valid = jnp.int32(batch)
 
     def run(tokens):
-        state["sums"], stats = step(state["sums"], model.params, tokens, key)
+        state["sums"], stats = step(state["sums"], model.params, tokens, key, n_valid)
         return stats["count"]
 
     return step, state, run
@@ -96,7 +111,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--reduce", default="checkpoint", choices=("checkpoint", "step"))
+    p.add_argument("--scheme", default="auto", choices=("auto", "gather", "scatter"))
     args = p.parse_args()
+    REDUCE.update(reduce=args.reduce, scheme=args.scheme)
     repeats = 2 if args.quick else args.repeats
     seq, batch = 256, 8
     model, tokens, n = setup(jax.devices(), batch, seq)
@@ -126,7 +144,9 @@ def main():
         m, toks, n_b = setup(jax.devices(), b, seq)
         step, state, _ = collect_step(m, sites, b, n_b)
         mem = (
-            step.lower(state["sums"], m.params, toks, jax.random.key(0)).compile().memory_analysis()
+            step.lower(state["sums"], m.params, toks, jax.random.key(0), jnp.int32(b))
+            .compile()
+            .memory_analysis()
         )
         emit(
             kind="memory_vs_batch",

@@ -75,7 +75,8 @@ def _block_factors(estimator, state, params, site: LinearSite):
 
 
 def make_kfac_jax_step(model, sites: Sequence[LinearSite], config, shardings, n_data: int = 1):
-    """A step with the native step's signature (sums, params, batch, key) -> (sums, stats)."""
+    """A step with the native step's signature (sums, params, batch, key, n_valid) -> (sums, stats);
+    `collect` gives it only full batches (it cannot mask padding rows)."""
     if config.reduce != "step":
         raise ValueError("The kfac-jax engine reduces every step (use reduce='step').")
     if getattr(model.config, "family", None) not in ("olmo2", "llama"):
@@ -85,7 +86,7 @@ def make_kfac_jax_step(model, sites: Sequence[LinearSite], config, shardings, n_
     estimator = _estimator(model)
     groups = input_groups(sites)
 
-    def step(sums: fstore.FactorSums, params, batch, key):
+    def step(sums: fstore.FactorSums, params, batch, key, n_valid):  # full batches only
         inputs, labels, weights = model.loss_targets(batch)
         if config.mode == "sampled":
             hidden, _ = model.hidden_states(params, inputs)

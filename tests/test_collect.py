@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -15,15 +16,18 @@ import pytest
 from kfac_mem.collect import (
     CollectConfig,
     NonFiniteError,
+    batch_shardings,
+    choose_reduce,
     collect,
+    global_batch,
     make_step,
     partial_shardings,
     zero_sums,
 )
 from kfac_mem.data import Windows, array_fingerprint, load_windows
 from kfac_mem.head_loss import head_cotangent
-from kfac_mem.selection import select_sites
-from kfac_mem.sharding import logical_to_sharding
+from kfac_mem.selection import input_groups, select_sites
+from kfac_mem.sharding import logical_to_sharding, make_mesh
 from models import load_pretrained
 
 SEQ = 12
@@ -67,7 +71,7 @@ def brute_force(model, toks, site_ids, mode, seed, batch_size, chunk):
         return jax.grad(loss, has_aux=True)(jnp.zeros((*inputs.shape, sites[sid].d_out)))
 
     A, G, n = {}, {}, 0
-    for b in range(len(toks) // batch_size):
+    for b in range(-(-len(toks) // batch_size)):  # the last batch may be partial
         x = jnp.asarray(toks[b * batch_size : (b + 1) * batch_size])
         inputs, labels, weights = model.loss_targets(x)
         if mode == "sampled":  # the same draws the collector makes (the sampler is tested below)
@@ -153,18 +157,84 @@ def test_head_cotangent_matches_autodiff_and_sampler_is_softmax():
 
 
 @pytest.mark.multidevice
-@pytest.mark.parametrize("reduce", ["checkpoint", "step"])
-def test_one_vs_eight_devices(olmo1, olmo8, tmp_path, reduce):
+@pytest.mark.parametrize(
+    "reduce,scheme",
+    [
+        ("checkpoint", "auto"),
+        ("step", "gather"),
+        pytest.param("step", "scatter", marks=pytest.mark.slow),
+    ],
+)
+def test_one_vs_eight_devices(olmo1, olmo8, tmp_path, reduce, scheme):
     sites = select_sites(
         olmo8.linear_sites(), layers=[0, 1], projections=["gate", "up", "down", "k"]
     )
-    cfg = CollectConfig(mode="sampled", batch_size=8, vocab_chunk=64, reduce=reduce)
+    cfg = CollectConfig(mode="sampled", batch_size=8, vocab_chunk=64, reduce=reduce, scheme=scheme)
     r1 = collect(olmo1, windows(), sites, str(tmp_path / "one"), cfg, progress=False)
     r8 = collect(olmo8, windows(), sites, str(tmp_path / "eight"), cfg, progress=False)
     assert r1.n_tokens == r8.n_tokens
+    used = r8.metadata["reduce"]
+    assert used["mode"] == reduce and used["reason"] == "requested"
+    assert set(used["schemes"].values()) == ({"partials"} if reduce == "checkpoint" else {scheme})
     for s in sites:
         assert rel(r8[s.id].A, r1[s.id].A) < 1e-5
         assert rel(r8[s.id].G, r1[s.id].G) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_fsdp_tp_row_blocks_equal_one_device(olmo1, tmp_path):
+    """tensor = 2: rows sharded over fsdp x tensor, batch over fsdp only, MLP activations split
+    over tensor; both step schemes give the one-device factors."""
+    mesh, rules = make_mesh("fsdp_tp")
+    tp = load_pretrained("tiny-olmo2", mesh=mesh, rules=rules)
+    sites = select_sites(tp.linear_sites(), layers=[1], projections=["gate", "down", "o"])
+    cfg = CollectConfig(mode="sampled", batch_size=8, vocab_chunk=64, reduce="step")
+    r1 = collect(olmo1, windows(), sites, str(tmp_path / "one"), cfg, progress=False)
+    for scheme in ("gather", "scatter"):
+        cfg_s = dataclasses.replace(cfg, scheme=scheme)
+        rt = collect(tp, windows(), sites, str(tmp_path / scheme), cfg_s, progress=False)
+        assert rt.n_tokens == r1.n_tokens
+        for s in sites:
+            assert rel(rt[s.id].A, r1[s.id].A) < 1e-5, (scheme, s.id)
+            assert rel(rt[s.id].G, r1[s.id].G) < 1e-5, (scheme, s.id)
+
+
+@pytest.mark.multidevice
+@pytest.mark.parametrize(
+    "mode,batch_size", [("empirical", 8), pytest.param("sampled", 3, marks=pytest.mark.slow)]
+)
+def test_partial_batches_padded_equal_brute_force(olmo8, tmp_path, mode, batch_size):
+    """5 windows on 8 devices: a batch of 8 (3 padding rows) or batches of 3 rounded up to 8
+    rows each (3 + 2 real windows); every window counts."""
+    ids = ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj"]
+    sites = select_sites(olmo8.linear_sites(), ids=ids)
+    w = windows(n=5)
+    cfg = CollectConfig(mode=mode, batch_size=batch_size, vocab_chunk=100, reduce="step")
+    run = collect(olmo8, w, sites, str(tmp_path), cfg, progress=False)
+    A, G, n = brute_force(olmo8, w.tokens, ids, mode, 0, batch_size, 100)
+    assert run.n_tokens == n == 5 * (SEQ - 1)
+    assert run.complete and run.info["windows_done"] == 5
+    for sid in ids:
+        assert rel(run[sid].A, A[sid]) < 1e-5, sid
+        assert rel(run[sid].G, G[sid]) < 1e-5, sid
+
+
+def test_reduce_chosen_from_compiled_memory(olmo8):
+    sites = select_sites(olmo8.linear_sites(), layers=[1], projections=["gate", "up", "down"])
+    cfg = CollectConfig(mode="sampled", batch_size=8, vocab_chunk=64)
+    batch = global_batch(windows(), 0, 8, batch_shardings(windows(), 8, olmo8.mesh, olmo8.rules))
+    roomy = choose_reduce(olmo8, sites, cfg, batch, 8, budget_bytes=1 << 40)
+    assert roomy.mode == "checkpoint" and "fastest" in roomy.reason
+    # Per-shard partials hold one full copy of every factor per device; "step" does not.
+    groups = input_groups(sites)
+    factor_bytes = 4 * sum(s.d_in**2 for s in groups.values()) + 4 * sum(s.d_out**2 for s in sites)
+    assert roomy.cost.total_bytes > factor_bytes
+    tight = choose_reduce(olmo8, sites, cfg, batch, 8, budget_bytes=roomy.cost.total_bytes - 1)
+    assert tight.mode == "step" and "checkpoint needs" in tight.reason
+    assert tight.cost.total_bytes < roomy.cost.total_bytes
+    with pytest.raises(ValueError, match=r"batch_size 8 does not fit.*--batch-size"):
+        choose_reduce(olmo8, sites, cfg, batch, 8, budget_bytes=1024)
 
 
 def test_resume_equals_uninterrupted_and_refuses_other_runs(olmo8, tmp_path):
@@ -255,10 +325,10 @@ def test_bad_input(olmo8, tmp_path):
     short.write_text("hello")
     with pytest.raises(ValueError, match="shorter than one window"):
         load_windows([str(short)], seq_len=64, tokenizer=_CharTokenizer())
-    with pytest.raises(ValueError, match="fewer than one batch"):
+    with pytest.raises(ValueError, match="no windows"):
         collect(
             olmo8,
-            windows(n=4),
+            windows(n=0),
             select_sites(olmo8.linear_sites(), layers=[0]),
             str(tmp_path / "x"),
             CollectConfig(batch_size=8),
@@ -306,9 +376,10 @@ def test_backward_stops_at_lowest_selected_layer_and_no_factor_collectives(olmo8
     def compiled(layer):
         sites = select_sites(olmo8.linear_sites(), layers=[layer], projections=["up"])
         sh = partial_shardings(sites, mesh, rules)
-        step = make_step(olmo8, sites, CollectConfig(batch_size=8, vocab_chunk=64), sh, n_data=8)
+        cfg = CollectConfig(batch_size=8, vocab_chunk=64, reduce="checkpoint")
+        step = make_step(olmo8, sites, cfg, sh, n_data=8)
         sums = zero_sums(sites, "float32", sh, leading=8)
-        return step.lower(sums, olmo8.params, x, jax.random.key(0)).compile().as_text()
+        return step.lower(sums, olmo8.params, x, jax.random.key(0), 8).compile().as_text()
 
     top, bottom = compiled(1), compiled(0)
     # Selecting only the top layer's MLP must not differentiate through layer 0 (fewer matmuls).

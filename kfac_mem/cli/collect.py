@@ -76,10 +76,18 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--save-every", type=int, default=100, help="batches between checkpoints")
     p.add_argument(
         "--reduce",
-        choices=("checkpoint", "step"),
-        default="checkpoint",
-        help="reduce per-device partial sums at checkpoints (fast; one full factor copy per "
-        "device) or every step (factor memory / device count)",
+        choices=("auto", "checkpoint", "step"),
+        default="auto",
+        help="when per-device sums are reduced: auto (default: the fastest that fits the device, "
+        "from the compiled step's memory), checkpoint (fast; one full factor copy per device) or "
+        "step (factor memory / device count)",
+    )
+    p.add_argument(
+        "--step-scheme",
+        choices=("auto", "gather", "scatter"),
+        default="auto",
+        help="under --reduce step: all-gather activations and form each device's own rows "
+        "(gather), reduce-scatter full local outer products (scatter), or per layer by size (auto)",
     )
     p.add_argument("--engine", choices=("native", "kfac-jax"), default="native")
     p.add_argument(
@@ -127,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         vocab_chunk=args.vocab_chunk,
         save_every=args.save_every,
         reduce=args.reduce,
+        scheme=args.step_scheme,
     )
     common.write_resolved_config(
         args.out, "collect", args, {"sites": [s.id for s in sites], "corpus": windows.describe()}
@@ -143,9 +152,8 @@ def run(args: argparse.Namespace) -> int:
             f"({run_.n_tokens / max(elapsed, 1e-9):,.0f} positions/s this run), mode={args.mode}, "
             f"on {jax.device_count()} devices"
         )
-        if run_.info.get("dropped_windows"):
-            print(
-                f"note: {run_.info['dropped_windows']} trailing windows did not fill a batch and were skipped"
-            )
+        used = run_.metadata.get("reduce")
+        if used:
+            print(f"reduce={used['mode']}: {used['reason']}")
         print(f"factors written to {run_.directory}")
     return 0
