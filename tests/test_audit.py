@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from toy_memorizer import ToyConfig, cached_toy, write_toy
 
 import models
 from kfac_mem.audit import AuditOptions, run_audit
@@ -118,10 +119,6 @@ SMALL = AuditOptions(
 
 
 def _toy():
-    try:
-        from tests.toy_memorizer import ToyConfig, cached_toy  # where it may move
-    except ImportError:
-        from kfac_mem.baselines.toy import ToyConfig, cached_toy
     return cached_toy(ToyConfig())
 
 
@@ -223,7 +220,6 @@ def test_one_and_eight_devices_give_the_same_audit(toy, mesh8, unedited):
 
 @pytest.mark.slow
 def test_cli_writes_the_report_and_refuses_a_used_dir(toy, tmp_path):
-    from kfac_mem.baselines.toy import write_toy
     from kfac_mem.cli import main
 
     p = write_toy(toy, str(tmp_path / "toy"))
