@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "demo": "demo",
     "baseline": "baseline",
     "compare": "compare",
+    "plan": "plan",
 }
 
 
