@@ -139,9 +139,7 @@ def collectives_in_hlo(hlo_text: str) -> dict[str, Collective]:
         else:
             size = sum(sizes)
         found.setdefault(kind, []).append(size)
-    return {
-        k: Collective(k, len(v), int(sum(v)), int(max(v))) for k, v in sorted(found.items())
-    }
+    return {k: Collective(k, len(v), int(sum(v)), int(max(v))) for k, v in sorted(found.items())}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,7 +57,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument(
         "--mesh-axis", action="append", default=[], metavar="AXIS=N", help="e.g. tensor=2"
     )
-    p.add_argument("--out", default=None, help="directory for plan.json and plan.md (default stdout)")
+    p.add_argument(
+        "--out", default=None, help="directory for plan.json and plan.md (default stdout)"
+    )
     p.set_defaults(run=run)
 
 
@@ -70,7 +72,9 @@ def model_config(name: str, dtype: str, param_dtype: str):
         return get_config(name).replace(dtype=dtype, param_dtype=param_dtype)
     if os.path.isdir(name):
         return config_from_hf(
-            read_hf_config(name), os.path.join(name, "config.json"), dtype=dtype,
+            read_hf_config(name),
+            os.path.join(name, "config.json"),
+            dtype=dtype,
             param_dtype=param_dtype,
         )
     raise ValueError(
@@ -128,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     from kfac_mem.atomic import write_atomic
 
     os.makedirs(args.out, exist_ok=True)
-    write_atomic(os.path.join(args.out, "plan.json"),
-                 lambda f: json.dump(plan, f, indent=1, default=str))
+    write_atomic(
+        os.path.join(args.out, "plan.json"), lambda f: json.dump(plan, f, indent=1, default=str)
+    )
     write_atomic(os.path.join(args.out, "plan.md"), lambda f: f.write(md))
     print(md)
     print(f"plan written to {args.out}/plan.json and plan.md")

@@ -46,7 +46,9 @@ def topology_devices(topology: str, num_slices: int = 1) -> list[jax.Device]:
         raise ValueError(f"jax.experimental.topologies is unavailable: {e}") from None
     try:
         desc = topologies.get_topology_desc(
-            platform="tpu", topology_name=topology.replace("v5litepod", "v5e"), num_slices=num_slices
+            platform="tpu",
+            topology_name=topology.replace("v5litepod", "v5e"),
+            num_slices=num_slices,
         )
     except Exception as e:  # libtpu missing or the name is not a valid slice shape
         raise ValueError(

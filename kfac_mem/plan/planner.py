@@ -127,7 +127,12 @@ def _try(program: StageProgram, chip: Chip | None) -> ProgramResult:
         if is_out_of_memory(e):
             first = next((ln for ln in str(e).splitlines() if ln.strip()), str(e))
             return ProgramResult(
-                program.name, program.batch_size, program.tokens, program.note, None, False,
+                program.name,
+                program.batch_size,
+                program.tokens,
+                program.note,
+                None,
+                False,
                 f"compiler: out of memory ({first[:300]})",
             )
         raise
@@ -142,44 +147,75 @@ def largest_batch(
     start: int,
     multiple: int,
     max_compiles: int = 8,
+    first: ProgramResult | None = None,
 ) -> tuple[int | None, list[ProgramResult]]:
-    """Largest batch (a multiple of `multiple`) whose program fits the chip's HBM: doubling from
-    `start` until one does not fit, then bisection, within `max_compiles` compiles. Returns
-    (batch or None when even the smallest tried does not fit, every result tried)."""
+    """Largest batch (a multiple of `multiple`) whose compiled program fits the chip's HBM.
+
+    Every candidate is compiled; the next candidate is predicted from the two nearest compiled
+    totals (per-device memory is close to affine in the batch), else found by doubling from
+    `start` / bisection. Stops when the fitting and failing batches are `multiple` apart or after
+    `max_compiles` compiles. Returns (batch, or None when no batch tried fits; every result).
+    """
     if chip is None:
         return None, []
     tried: dict[int, ProgramResult] = {}
+    if first is not None and first.batch_size is not None:
+        tried[first.batch_size] = first
 
     def fits(b: int) -> bool:
         if b not in tried:
             tried[b] = _try(build(b), chip)
         return bool(tried[b].fits)
 
-    b = max(multiple, start - start % multiple)
-    lo, hi = None, None
-    while len(tried) < max_compiles:
-        if fits(b):
-            lo = b
-            if hi is not None:
-                break
-            b *= 2
-        else:
-            hi = b
-            if lo is not None or b == multiple:
-                break
-            b = max(multiple, (b // 2) - (b // 2) % multiple)
-            if b in tried:
-                break
-    while lo is not None and hi is not None and hi - lo > multiple and len(tried) < max_compiles:
-        mid = (lo + hi) // 2
-        mid -= mid % multiple
-        if mid <= lo:
+    def down(x: float) -> int:
+        return max(multiple, int(x) - int(x) % multiple)
+
+    b = down(start)
+    while len(tried) < max_compiles or b in tried:
+        fits(b)
+        ok = sorted(k for k, t in tried.items() if t.fits)
+        bad = sorted(k for k, t in tried.items() if not t.fits)
+        lo, hi = (ok[-1] if ok else None), (bad[0] if bad else None)
+        if (lo is not None and hi is not None and hi - lo <= multiple) or (
+            hi == multiple and lo is None
+        ):
             break
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo, [tried[k] for k in sorted(tried)]
+        measured = sorted((k, t.cost.total_bytes) for k, t in tried.items() if t.cost is not None)
+        guess = None
+        if len(measured) >= 2:
+            (b1, t1), (b2, t2) = measured[-2], measured[-1]
+            if lo is not None:  # fit through the largest fitting point and its neighbour
+                near = sorted(measured, key=lambda kt: abs(kt[0] - lo))[:2]
+                (b1, t1), (b2, t2) = sorted(near)
+            slope = (t2 - t1) / (b2 - b1) if b2 != b1 else 0.0
+            if slope > 0:
+                guess = down(b1 + (chip.hbm_bytes - t1) / slope)
+        if (
+            guess is None
+            or guess in tried
+            or not ((lo is None or guess > lo) and (hi is None or guess < hi))
+        ):
+            if hi is None:
+                guess = 2 * lo
+            elif lo is None:
+                guess = down(hi // 2)
+            else:
+                guess = down((lo + hi) // 2)
+        if guess in tried or (lo is not None and guess <= lo):
+            break
+        b = guess
+        if len(tried) >= max_compiles:
+            break
+    ok = [k for k, t in tried.items() if t.fits]
+    return (max(ok) if ok else None), [tried[k] for k in sorted(tried)]
+
+
+def _search_complete(best: int | None, tried: list[ProgramResult], multiple: int) -> bool:
+    """Whether the search bracketed the answer (a fitting batch and one `multiple` above failing)."""
+    bad = [t.batch_size for t in tried if t.fits is False]
+    if best is None:
+        return multiple in bad
+    return any(b - best <= multiple and b > best for b in bad)
 
 
 def run_plan(request: PlanRequest, sites: Sequence[LinearSite]) -> dict[str, Any]:
@@ -217,16 +253,21 @@ def run_plan(request: PlanRequest, sites: Sequence[LinearSite]) -> dict[str, Any
             )
         results.append(_try(build(b), chip))
         if r.search and chip is not None:
-            best, tried = largest_batch(build, chip, b, n_data, r.max_search_compiles)
+            best, tried = largest_batch(
+                build, chip, b, n_data, r.max_search_compiles, first=results[0]
+            )
             search = {
                 "largest_fitting_batch": best,
                 "multiple_of": n_data,
                 "tried": [
-                    {"batch_size": t.batch_size, "fits": t.fits,
-                     "total_bytes": t.cost.total_bytes if t.cost else None}
+                    {
+                        "batch_size": t.batch_size,
+                        "fits": t.fits,
+                        "total_bytes": t.cost.total_bytes if t.cost else None,
+                    }
                     for t in tried
                 ],
-                "complete": len(tried) < r.max_search_compiles,
+                "complete": _search_complete(best, tried, n_data),
             }
             best_result = next((t for t in tried if t.batch_size == best), None)
             if best_result is not None and best != b:

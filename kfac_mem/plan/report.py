@@ -46,9 +46,13 @@ def plan_markdown(plan: dict[str, Any]) -> str:
         if c is None:
             lines.append(f"| {p['name']} | {p['batch_size']} | | | | | no | | | {p['error']} | |")
             continue
-        coll = ", ".join(
-            f"{k} ×{v['count']} ({v['bytes'] / (1 << 20):.1f})" for k, v in c["collectives"].items()
-        ) or "none"
+        coll = (
+            ", ".join(
+                f"{k} ×{v['count']} ({v['bytes'] / (1 << 20):.1f})"
+                for k, v in c["collectives"].items()
+            )
+            or "none"
+        )
         fits = "—" if p["fits"] is None else ("yes" if p["fits"] else "**no**")
         lines.append(
             f"| {p['name']} | {p['batch_size'] or '—'} | {_gib(c['argument_bytes'])} | "
@@ -58,15 +62,13 @@ def plan_markdown(plan: dict[str, Any]) -> str:
         )
     s = plan.get("batch_search")
     if s:
-        tried = ", ".join(
-            f"{t['batch_size']}:{'fits' if t['fits'] else 'no'}" for t in s["tried"]
-        )
+        tried = ", ".join(f"{t['batch_size']}:{'fits' if t['fits'] else 'no'}" for t in s["tried"])
         best = s["largest_fitting_batch"]
         lines += [
             "",
             f"Largest batch that fits (multiples of {s['multiple_of']}, searched by compiling): "
             f"**{best if best is not None else 'none tried fits'}**"
-            + ("" if s["complete"] else " (search stopped at its compile limit)")
+            + ("" if s["complete"] else " (not bracketed: the search stopped at its compile limit)")
             + f". Tried: {tried}.",
         ]
     est = [p for p in plan["programs"] if p.get("estimate")]

@@ -111,7 +111,9 @@ def collect_program(
         {s.id: _sds((*lead, s.d_out, s.d_out), acc, sh.G[s.id]) for s in sites},
     )
     step = make_step(model, sites, config, sh, n_data)
-    batch = _sds((batch_size, seq_len), jnp.int32, _batch_sharding(mesh, rules, batch_size, seq_len))
+    batch = _sds(
+        (batch_size, seq_len), jnp.int32, _batch_sharding(mesh, rules, batch_size, seq_len)
+    )
     return StageProgram(
         "collect",
         step,
@@ -147,8 +149,11 @@ def decompose_programs(
         shape = (k, d, d)
         fn = eigen._eigh_fn(mesh, rules, shape, np.dtype(precision))
         arg = _sds(shape, precision, eigen.stack_sharding(mesh, rules, shape))
-        n_chunks = sum(1 for _, dd, kk in _chunks(by_dim, shards, itemsize, DEFAULT_CHUNK_BYTES)
-                       if dd == d and eigen.padded_size(len(kk), shards) == k)
+        n_chunks = sum(
+            1
+            for _, dd, kk in _chunks(by_dim, shards, itemsize, DEFAULT_CHUNK_BYTES)
+            if dd == d and eigen.padded_size(len(kk), shards) == k
+        )
         out.append(
             StageProgram(
                 f"decompose d={d}",
