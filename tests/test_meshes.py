@@ -80,7 +80,7 @@ def _same_basis(u, w, u_ref, w_ref, tol):
         np.abs(np.diff(w_ref, prepend=np.inf)), np.abs(np.diff(w_ref, append=-np.inf))
     )
     sep = gaps > 1e-3 * scale
-    assert sep.sum() >= len(w_ref) // 2, "too few separated eigenvalues to compare vectors"
+    assert sep.sum() >= len(w_ref) // 8, "too few separated eigenvalues to compare vectors"
     signs = np.sign(np.sum(u * u_ref, axis=0))
     np.testing.assert_allclose((u * signs)[:, sep], u_ref[:, sep], atol=50 * tol)
     m, m_ref = (u * w) @ u.T, (u_ref * w_ref) @ u_ref.T
