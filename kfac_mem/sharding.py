@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models.partitioning import Rules, logical_to_sharding, logical_to_spec
+from models.partitioning import REPLICATE_INDIVISIBLE, Rules, logical_to_sharding, logical_to_spec
 
 __all__ = [
     "MeshConfig",
@@ -57,7 +57,7 @@ class MeshConfig:
             if n_devices % fixed:
                 raise ValueError(
                     f"Mesh config `{self.name}`: fixed axes multiply to {fixed}, which does not divide "
-                    f"the {n_devices} devices. Change the axis sizes (e.g. mesh.tensor=1)."
+                    f"the {n_devices} devices. Change the axis sizes (e.g. --mesh-axis tensor=1, or MeshConfig.with_sizes(tensor=1))."
                 )
             sizes[free[0]] = n_devices // fixed
         shape = tuple(sizes[a] for a in self.mesh_axes)
@@ -105,7 +105,7 @@ def load_mesh_config(name_or_path: str = "fsdp") -> MeshConfig:
             ) from None
         raw = yaml.safe_load(text)
         name = name_or_path
-    unknown = set(raw) - {"mesh_axes", "mesh_shape", "logical_axis_rules"}
+    unknown = set(raw) - {"mesh_axes", "mesh_shape", "logical_axis_rules", "replicate_indivisible"}
     if unknown:
         raise ValueError(f"Mesh config `{name}`: unknown keys {sorted(unknown)}.")
     axes = tuple(raw["mesh_axes"])
@@ -128,6 +128,8 @@ def load_mesh_config(name_or_path: str = "fsdp") -> MeshConfig:
                 mesh_axes if mesh_axes is None or isinstance(mesh_axes, str) else tuple(mesh_axes),
             )
         )
+    if raw.get("replicate_indivisible"):
+        rules.append((REPLICATE_INDIVISIBLE, "allow"))
     return MeshConfig(axes, tuple((a, int(shape[a])) for a in axes), tuple(rules), name)
 
 

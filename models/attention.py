@@ -1,4 +1,10 @@
-"""Causal grouped-query self-attention with RoPE, optional QK-norm and an explicit KV cache."""
+"""Causal grouped-query self-attention with RoPE, optional QK-norm and an explicit KV cache.
+
+The score/softmax/value product goes through `jax.nn.dot_product_attention` (`config.attention`:
+"xla", the default, or "cudnn", cuDNN's fused flash attention on NVIDIA GPUs), or through
+`einsum_attention` ("einsum": explicit [B, heads, T, T] scores, the reference the others are tested
+against). All three compute scores and softmax in float32 and return the compute dtype.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +30,43 @@ class KVCache(NamedTuple):
 
 
 def attention_mask(q_slots: jax.Array, k_valid: jax.Array) -> jax.Array:
-    """Causal + padding mask [B, 1, 1, T_q, T_k]: key slot s visible from query slot t iff s <= t
+    """Causal + padding mask [B, 1, T_q, T_k]: key slot s visible from query slot t iff s <= t
     and `k_valid[b, s]`. `q_slots` [T_q] are the buffer slots of the queries."""
     k_slots = jnp.arange(k_valid.shape[1])
     causal = k_slots[None, :] <= q_slots[:, None]  # [T_q, T_k]
-    return (causal[None] & k_valid[:, None, :])[:, None, None]
+    return (causal[None] & k_valid[:, None, :])[:, None]
+
+
+def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype) -> jax.Array:
+    """Reference attention with explicit scores: q [B, T, H, D], k/v [B, S, H_kv, D], mask
+    [B, 1, T, S] -> [B, T, H, D] in `dtype` (softmax(q kᵀ / √D) v, float32 scores)."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum(
+        "btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32
+    )
+    scores = jnp.where(mask[:, :, None], scores * (d**-0.5), _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dtype))
+    return out.reshape(b, t, h, d)
+
+
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dtype, implementation: str
+) -> jax.Array:
+    """Grouped-query attention [B, T, H, D] by `implementation` ("xla", "cudnn" or "einsum")."""
+    if implementation == "einsum":
+        return einsum_attention(q, k, v, mask, dtype)
+    out = jax.nn.dot_product_attention(
+        q.astype(dtype),
+        k.astype(dtype),
+        v.astype(dtype),
+        mask=mask,
+        scale=q.shape[-1] ** -0.5,
+        implementation=implementation,
+    )
+    return out.astype(dtype)
 
 
 class Attention(nn.Module):
@@ -68,15 +106,7 @@ class Attention(nn.Module):
             )
             cache = KVCache(k, v)
 
-        groups = c.num_heads // c.num_kv_heads
-        q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
-        scores = jnp.einsum(
-            "btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32
-        )
-        scores = scores * (c.head_dim**-0.5)
-        scores = jnp.where(attention_mask(q_slots, k_valid), scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(c.compute_dtype))
+        out = attend(q, k, v, attention_mask(q_slots, k_valid), c.compute_dtype, c.attention)
         out = constrain(
             out.reshape(b, t, c.num_heads * c.head_dim), (axes.ACT_BATCH, axes.ACT_LENGTH, None)
         )

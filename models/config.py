@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 Family = Literal["olmo2", "llama"]
 FAMILIES: tuple[str, ...] = ("olmo2", "llama")
+ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = ("xla", "cudnn", "einsum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,15 @@ class DecoderConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    # Attention kernel: "xla" (jax.nn.dot_product_attention's XLA path), "cudnn" (cuDNN fused
+    # attention, NVIDIA GPUs only) or "einsum" (explicit scores; the reference implementation).
+    attention: str = "xla"
 
     def __post_init__(self):
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"`attention` must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}."
+            )
         if self.family not in FAMILIES:
             raise ValueError(f"`family` must be one of {FAMILIES}, got {self.family!r}.")
         if self.num_heads % self.num_kv_heads:
@@ -85,57 +93,85 @@ class DecoderConfig:
         return v * d + self.num_layers * per_layer + d + head
 
 
-def olmo2_1b() -> DecoderConfig:
-    """allenai/OLMo-2-0425-1B."""
+def _olmo2(
+    hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, **extra: Any
+) -> DecoderConfig:
+    """An OLMo-2 shape: vocabulary 100352, head_dim 128, RoPE θ 500000, RMSNorm ε 1e-6, context
+    4096, EOS 100257 / PAD 100277 (values shared by every allenai/OLMo-2 config.json)."""
     return DecoderConfig(
-        "olmo2",
-        100352,
-        2048,
-        8192,
-        16,
-        16,
-        16,
-        128,
-        500000.0,
-        1e-6,
+        family="olmo2",
+        vocab_size=100352,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=hidden // heads,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-6,
         max_position_embeddings=4096,
         eos_token_id=100257,
         pad_token_id=100277,
+        **extra,
     )
 
 
+def olmo2_1b() -> DecoderConfig:
+    """allenai/OLMo-2-0425-1B (config.json: hidden 2048, intermediate 8192, 16 layers, 16 heads)."""
+    return _olmo2(hidden=2048, intermediate=8192, layers=16, heads=16, kv_heads=16)
+
+
 def olmo2_7b() -> DecoderConfig:
-    """allenai/OLMo-2-1124-7B."""
+    """allenai/OLMo-2-1124-7B (hidden 4096, intermediate 11008, 32 layers, 32 heads)."""
+    return _olmo2(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32)
+
+
+def olmo2_13b() -> DecoderConfig:
+    """allenai/OLMo-2-1124-13B (hidden 5120, intermediate 13824, 40 layers, 40 heads)."""
+    return _olmo2(hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40)
+
+
+def olmo2_32b() -> DecoderConfig:
+    """allenai/OLMo-2-0325-32B (hidden 5120, intermediate 27648, 64 layers, 40 heads, GQA 8 KV
+    heads, BOS 100257)."""
+    return _olmo2(
+        hidden=5120, intermediate=27648, layers=64, heads=40, kv_heads=8, bos_token_id=100257
+    )
+
+
+def llama3_8b() -> DecoderConfig:
+    """meta-llama/Meta-Llama-3-8B shape (hidden 4096, intermediate 14336, 32 layers, 32 heads, GQA 8
+    KV heads, vocabulary 128256, RoPE θ 500000, RMSNorm ε 1e-5, context 8192)."""
     return DecoderConfig(
-        "olmo2",
-        100352,
-        4096,
-        11008,
-        32,
-        32,
-        32,
-        128,
-        500000.0,
-        1e-6,
-        max_position_embeddings=4096,
-        eos_token_id=100257,
-        pad_token_id=100277,
+        family="llama",
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+        bos_token_id=128000,
+        eos_token_id=128001,
     )
 
 
 def smollm2_135m() -> DecoderConfig:
     """HuggingFaceTB/SmolLM2-135M(-Instruct): Llama architecture, GQA 9/3, tied embeddings."""
     return DecoderConfig(
-        "llama",
-        49152,
-        576,
-        1536,
-        30,
-        9,
-        3,
-        64,
-        100000.0,
-        1e-5,
+        family="llama",
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
         tie_word_embeddings=True,
         max_position_embeddings=8192,
         bos_token_id=1,
@@ -165,6 +201,9 @@ def demo_olmo2() -> DecoderConfig:
 PRESETS = {
     "olmo2-1b": olmo2_1b,
     "olmo2-7b": olmo2_7b,
+    "olmo2-13b": olmo2_13b,
+    "olmo2-32b": olmo2_32b,
+    "llama3-8b": llama3_8b,
     "smollm2-135m": smollm2_135m,
     "tiny-olmo2": tiny_olmo2,
     "tiny-llama": tiny_llama,

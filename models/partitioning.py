@@ -1,14 +1,22 @@
 """Resolve logical axis names to `NamedSharding`s on a mesh.
 
 The rule table is data: a sequence of `(logical_name, mesh_axes)` pairs, where `mesh_axes` is a mesh
-axis name, a list of them, or None. A mesh axis is only used for a dimension it divides evenly
-(otherwise that dimension is replicated), so one table serves tiny test models and 7B models alike.
+axis name, a list of them, or None.
+
+Parameters (named: `param_name` given) must divide: a mesh axis of size > 1 that does not divide
+its dimension raises an error naming the parameter, the dimension, the axis and the fixes, because
+a silently replicated 7B weight is an out-of-memory later. The rule-table entry
+`(REPLICATE_INDIVISIBLE, "allow")` (mesh YAML: `replicate_indivisible: true`) replicates such a
+dimension instead and logs each parameter it does so for. Activations and other unnamed arrays
+(sharding constraints, batch rows, factor rows) keep the lenient rule: an axis that does not divide
+is dropped for that dimension.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,6 +24,15 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 Rules = Sequence[tuple[str, Any]]
+
+# Rule-table entry (REPLICATE_INDIVISIBLE, "allow") lets parameters replicate a dimension that a
+# mesh axis does not divide (each one logged) instead of raising.
+REPLICATE_INDIVISIBLE = "replicate_indivisible"
+_log = logging.getLogger("models.partitioning")
+
+
+def replication_allowed(rules: Rules) -> bool:
+    return any(name == REPLICATE_INDIVISIBLE and value for name, value in rules)
 
 
 def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
@@ -32,12 +49,18 @@ def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
 
 
 def logical_to_spec(
-    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
+    logical_axes: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: Rules,
+    param_name: str | None = None,
 ) -> PartitionSpec:
     """PartitionSpec for an array of `shape` whose dims carry `logical_axes`.
 
-    Each mesh axis is used at most once; mesh axes of size 1 are dropped; a mesh axis (or a group of
-    them) that does not divide the dimension is dropped so the dimension is replicated instead.
+    Each mesh axis is used at most once; mesh axes of size 1 are dropped. A mesh axis (or a group of
+    them) that does not divide the dimension: for a parameter (`param_name` given) a ValueError, or
+    replication logged per parameter when the rules allow it (`REPLICATE_INDIVISIBLE`); for any
+    other array the axis is dropped so the dimension is replicated.
     """
     if len(logical_axes) != len(shape):
         raise ValueError(
@@ -56,7 +79,11 @@ def logical_to_spec(
                     f"has axes {tuple(mesh.shape)}. Fix the rule table or the mesh config."
                 )
             n = mesh.shape[axis]
-            if axis in used or n == 1 or dim % (size * n) != 0:
+            if axis in used or n == 1:
+                continue
+            if dim % (size * n) != 0:
+                if param_name is not None:
+                    _indivisible(param_name, logical_axes, shape, name, dim, axis, n, size, rules)
                 continue
             chosen.append(axis)
             size *= n
@@ -65,25 +92,53 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
+def _indivisible(param, logical_axes, shape, name, dim, axis, n, size, rules) -> None:
+    i = list(logical_axes).index(name)
+    what = (
+        f"parameter `{param}` (shape {tuple(shape)}): dimension {i} (logical axis `{name}`, size "
+        f"{dim}) is not divisible by mesh axis `{axis}` (size {n}"
+        + (f", after axes of total size {size}" if size > 1 else "")
+        + ")"
+    )
+    if replication_allowed(rules):
+        _log.warning("replicating %s over mesh axis `%s`", what, axis)
+        return
+    raise ValueError(
+        f"Cannot shard {what}. Fix: choose a mesh size for `{axis}` that divides {dim} (e.g. "
+        f"--mesh-axis {axis}=1), map `{name}` to another axis or null in the rule table, or set "
+        f"`replicate_indivisible: true` in the mesh config to replicate it (logged per parameter)."
+    )
+
+
 def logical_to_sharding(
-    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
+    logical_axes: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: Rules,
+    param_name: str | None = None,
 ) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
+    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules, param_name))
 
 
 def tree_shardings(
     logical_tree: Any, shape_tree: Any, mesh: Mesh | None, rules: Rules | None
 ) -> Any:
-    """Map a tree of logical-axis tuples and a matching tree of shapes to NamedShardings (None
-    without a mesh)."""
+    """Map a tree of a module's parameter logical-axis tuples and a matching tree of shapes to
+    NamedShardings (None without a mesh); indivisible sharded dimensions raise (see module doc)."""
     if mesh is None:
         return None
-    return jax.tree_util.tree_map(
-        lambda axes, s: logical_to_sharding(axes, s.shape, mesh, rules or ()),
+    return jax.tree_util.tree_map_with_path(
+        lambda path, axes, s: logical_to_sharding(
+            axes, s.shape, mesh, rules or (), _path_name(path)
+        ),
         logical_tree,
         shape_tree,
         is_leaf=lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x),
     )
+
+
+def _path_name(path) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
 def abstract_module_params(module: Any, *example: Any) -> tuple[Any, Any]:

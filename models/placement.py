@@ -81,7 +81,9 @@ def place_params(
                 f"head_dim, vocab_size) or use the weights it describes."
             )
         sharding = (
-            device if mesh is None else logical_to_sharding(axes, sds.shape, mesh, rules or ())
+            device
+            if mesh is None
+            else logical_to_sharding(axes, sds.shape, mesh, rules or (), name)
         )
 
         def shard(index):

@@ -209,7 +209,9 @@ def load_vit_hf(
             )
         value = np.asarray(from_hf_layout(path, tensor), dtype=config.storage_dtype)
         sharding = (
-            device if mesh is None else logical_to_sharding(axes, sds.shape, mesh, rules or ())
+            device
+            if mesh is None
+            else logical_to_sharding(axes, sds.shape, mesh, rules or (), name)
         )
         return jax.device_put(value, sharding)
 

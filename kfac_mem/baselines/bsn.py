@@ -140,7 +140,9 @@ def score_sharding(model, site: LinearSite):
     if model.mesh is None:
         return None
     axes = get_path(_logical_axes(model.config), site.kernel_path)
-    return logical_to_sharding(axes, (site.d_in, site.d_out), model.mesh, model.rules or ())
+    return logical_to_sharding(
+        axes, (site.d_in, site.d_out), model.mesh, model.rules or (), site.id
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

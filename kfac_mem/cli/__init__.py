@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "baseline": "baseline",
     "compare": "compare",
     "audit": "audit",
+    "plan": "plan",
 }
 
 
