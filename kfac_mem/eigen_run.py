@@ -301,6 +301,16 @@ class EigenRun:
                     f"{self.directory} (chunk {path}): the file is corrupt. Rerun "
                     f"`kfac-mem decompose` into a new directory. Nothing was written."
                 )
+            # Orthonormal columns have unit norm: a cheap O(d²) check that catches finite garbage.
+            tol = 1e-3 if np.dtype(info["dtype"]).itemsize <= 4 else 1e-8
+            dev = np.abs(np.linalg.norm(chunk["eigvecs"].astype(np.float64), axis=-2) - 1).max(-1)
+            bad = [k for k in layers if dev[self.metadata["entries"][k]["index"]] > tol]
+            if bad:
+                raise CorruptArtifactError(
+                    f"Eigenvectors of {bad} in the eigen run {self.directory} (chunk {path}) are "
+                    f"not unit vectors (off by up to {float(dev.max()):.3g}): the file is corrupt. "
+                    f"Rerun `kfac-mem decompose` into a new directory. Nothing was written."
+                )
             self._cache[name] = chunk
         return self._cache[name]
 

@@ -41,7 +41,7 @@ KINDS = {
     "factors": "a factor run (`kfac-mem collect`)",
     "eigen": "an eigen run (`kfac-mem decompose`)",
     "model": "an edited model (`kfac-mem edit` / `baseline`)",
-    "hf-export": "an HF export of this tool (`--export-hf`)",
+    "hf-export": "an HF export (`kfac-mem edit --export-hf`)",
     "evaluation": "an evaluation (`kfac-mem evaluate`)",
     "analysis": "an analysis (`kfac-mem analyze`)",
     "mined": "a mined set (`kfac-mem mine`)",
@@ -172,12 +172,12 @@ def check_output(
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise OutputDirError(
             f"`{arg}` {out} is not empty and was not written by kfac-mem (it holds {shown}); "
-            f"nothing was changed. Choose a new or empty `{arg}` for {_describe(kind)}."
+            f"nothing was changed. Choose a new or empty `{arg}`."
         )
     if found != kind:
         raise OutputDirError(
             f"`{arg}` {out} holds {_describe(found)}, not {_describe(kind)}; nothing was changed "
-            f"(`overwrite` never replaces another stage's output). Choose another `{arg}`."
+            f"(another stage's output is never replaced). Choose another `{arg}`."
         )
     if replace_needs_overwrite and not overwrite:
         raise OutputDirError(
@@ -246,6 +246,11 @@ def _holder(lock_path: str) -> str:
     return f"pid {info['pid']} on {info.get('host', '?')}: {info.get('command', '?')}"
 
 
+def _program() -> str:
+    name = os.path.basename(sys.argv[0] or "python")
+    return "kfac-mem" if name in ("__main__.py", "kfac-mem") else name
+
+
 def _lock(out: str, arg: str) -> int:
     lock_path = os.path.join(out, LOCK)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -260,7 +265,7 @@ def _lock(out: str, arg: str) -> int:
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "command": " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]]),
+        "command": " ".join([_program(), *sys.argv[1:]]),
         "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     os.ftruncate(fd, 0)

@@ -42,6 +42,13 @@ def add_mesh_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
     g.add_argument(
+        "--coordinator-timeout",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="multi-host: how long to wait for every process to join (default 300)",
+    )
+    g.add_argument(
         "--distributed",
         action="store_true",
         help="multi-host: call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)",
@@ -72,7 +79,31 @@ def init_distributed(args: argparse.Namespace) -> None:
             )
         # Only the CPU backend reads this (cross-process CPU collectives, e.g. tests on localhost).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        timeout = int(getattr(args, "coordinator_timeout", 300))
+        print(
+            f"kfac-mem: process {args.process_id} of {args.num_processes}: waiting up to "
+            f"{timeout} s for all {args.num_processes} processes to join the coordinator at "
+            f"{args.coordinator} (--coordinator-timeout)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            jax.distributed.initialize(
+                args.coordinator,
+                args.num_processes,
+                args.process_id,
+                initialization_timeout=timeout,
+            )
+        except Exception as e:  # the coordination service reports a deadline as a RuntimeError
+            if isinstance(e, (KeyboardInterrupt, UserError)):
+                raise
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise TimeoutError(
+                f"--coordinator {args.coordinator}: not all {args.num_processes} processes joined "
+                f"within {timeout} s ({type(e).__name__}: {first}). Start every process with the "
+                f"same --coordinator and --num-processes and its own --process-id, or raise "
+                f"--coordinator-timeout."
+            ) from e
     elif args.distributed:
         jax.distributed.initialize()
 
