@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Library argument name -> flag, per command ("*": every command). A backticked name that is not
-# listed and is an attribute of the parsed arguments becomes `--name-with-dashes`.
+# listed but is an attribute of the parsed arguments becomes that flag (dashes for underscores).
 ARGUMENT_FLAGS: dict[str, dict[str, str]] = {
     "*": {
         "out_dir": "--out",
