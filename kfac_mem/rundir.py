@@ -58,6 +58,8 @@ _LEGACY_COMMANDS = {
     "analyze": "analysis",
     "mine": "mined",
     "compare": "comparison",
+    "baseline": "model",
+    "demo": "demo",
 }
 _IGNORED = {LOCK}
 
@@ -130,6 +132,7 @@ def check_output(
     overwrite: bool = False,
     replace_needs_overwrite: bool = False,
     arg: str = "out_dir",
+    _probe: bool = True,
 ) -> str:
     """Refuse `path` as the output of a `kind` stage unless it may be written; writes nothing.
 
@@ -164,6 +167,8 @@ def check_output(
         return out  # this process claimed it (the checks passed then)
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputDirError(f"`{arg}` {out} is a file, not a directory. Choose another `{arg}`.")
+    if _probe:
+        _probe_lock(out, arg)
     found = kind_of(out)
     if found is None:
         return out
@@ -246,6 +251,26 @@ def _holder(lock_path: str) -> str:
     return f"pid {info['pid']} on {info.get('host', '?')}: {info.get('command', '?')}"
 
 
+def _probe_lock(out: str, arg: str) -> None:
+    """Refuse early (before any work) when another process holds `out`'s lock."""
+    lock_path = os.path.join(out, LOCK)
+    if not os.path.isfile(lock_path):
+        return
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunLockedError(
+            f"`{arg}` {out} is being written by another process ({_holder(lock_path)}); "
+            f"wait for it to finish or choose another `{arg}`."
+        ) from None
+    finally:
+        os.close(fd)  # closing drops a shared lock taken here
+
+
 def _program() -> str:
     name = os.path.basename(sys.argv[0] or "python")
     return "kfac-mem" if name in ("__main__.py", "kfac-mem") else name
@@ -316,13 +341,14 @@ def claim(
     os.makedirs(out, exist_ok=True)
     fd = _lock(out, arg)
     try:
-        check_output(
+        check_output(  # again under the lock: another writer may have claimed it meanwhile
             out,
             kind,
             inputs=inputs,
             overwrite=overwrite,
             replace_needs_overwrite=replace_needs_overwrite,
             arg=arg,
+            _probe=False,
         )
         marker = os.path.join(out, MARKER)
         if not os.path.isfile(marker) or kind_of(out) is None:

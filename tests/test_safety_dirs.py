@@ -14,11 +14,12 @@ from factor_fixtures import write_factor_run
 
 from kfac_mem.cli import main as cli_main
 from kfac_mem.eigen_run import decompose_run
-from kfac_mem.errors import CorruptArtifactError, OutputDirError, RunLockedError
+from kfac_mem.errors import CorruptArtifactError, NonFiniteError, OutputDirError, RunLockedError
 from kfac_mem.rundir import MARKER, check_output, claim, kind_of
 from models import export_hf, load_pretrained, save_model
 
 EDIT = ["--layers", "0", "--rho", "0.9"]
+Q1 = "model.layers.1.self_attn.q_proj"
 
 
 def tree_digest(root) -> dict[str, str]:
@@ -47,7 +48,9 @@ def tiny(mesh8):
 def runs(tiny, mesh8, tmp_path_factory):
     """A factor run, its eigen run, an HF directory of the model (with a file of its own)."""
     root = tmp_path_factory.mktemp("runs")
-    factors = write_factor_run(str(root / "factors"), tiny, sites=tiny.linear_sites()[-3:])
+    # One square layer (q_proj: A and G both d x d): one eigh compilation.
+    sites = [s for s in tiny.linear_sites() if s.id == Q1]
+    factors = write_factor_run(str(root / "factors"), tiny, sites=sites)
     from kfac_mem import load_factors
 
     eigen = decompose_run(load_factors(factors), str(root / "eigen"), *mesh8).directory
@@ -188,30 +191,44 @@ def test_second_writer_is_refused_with_the_holders_pid(tmp_path, capsys):
         pass
 
 
-def test_corrupt_eigen_chunk_is_refused_and_nothing_written(runs, capsys, tmp_path):
-    eigen = tmp_path / "eigen"
-    shutil.copytree(runs["eigen"], eigen)
+def _corrupt_copy(eigen_dir, dest):
+    """A copy of an eigen run with 64 bytes of its largest chunk file flipped."""
+    shutil.copytree(eigen_dir, dest)
     chunk_files = sorted(
-        (p for p in (eigen / "chunks").rglob("*") if p.is_file() and p.stat().st_size > 4096),
+        (p for p in (dest / "chunks").rglob("*") if p.is_file() and p.stat().st_size > 4096),
         key=lambda p: -p.stat().st_size,
     )
     data = bytearray(chunk_files[0].read_bytes())
     mid = len(data) // 2
     data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
     chunk_files[0].write_bytes(bytes(data))
+    return dest
+
+
+def test_corrupt_eigen_chunk_is_refused_on_load(runs, tmp_path):
+    from kfac_mem.eigen_run import load_eigen
+
+    eigen = _corrupt_copy(runs["eigen"], tmp_path / "eigen")
+    with pytest.raises((CorruptArtifactError, NonFiniteError), match=rf"{Q1}.*{eigen}.*corrupt"):
+        load_eigen(str(eigen)).site(Q1)
+    load_eigen(runs["eigen"]).site(Q1)  # the original reads
+
+
+@pytest.mark.slow
+def test_corrupt_eigen_chunk_edit_writes_nothing(runs, capsys, tmp_path):
+    eigen = _corrupt_copy(runs["eigen"], tmp_path / "eigen")
     out = tmp_path / "edited"
     argv = ["edit", "--model", "tiny-olmo2", "--eigen", str(eigen), "--out", str(out)]
-    rc, msg = run_cli(
-        [*argv, "--layers", "1", "--projections", "gate,up,down", "--rho", "0.9"], capsys
-    )
-    assert rc == 2 and f"eigen run {eigen}" in msg and "corrupt" in msg, msg
-    assert "model.layers.1" in msg
+    rc, msg = run_cli([*argv, "--layers", "1", "--projections", "q", "--rho", "0.9"], capsys)
+    assert rc == 2 and f"eigen run {eigen}" in msg and "corrupt" in msg and Q1 in msg, msg
     assert not out.exists()
 
 
 def test_deleted_metadata_of_an_interrupted_run_is_not_resumed(tiny, runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["factors"], run)
+    with claim(str(run), "factors"):  # as a run written by this version: marked
+        pass
     os.remove(run / "metadata.json")
     before = tree_digest(run)
     from kfac_mem.collect import CollectConfig, collect
@@ -223,6 +240,10 @@ def test_deleted_metadata_of_an_interrupted_run_is_not_resumed(tiny, runs, tmp_p
     with pytest.raises(CorruptArtifactError, match=r"state/\) but no metadata.json"):
         collect(tiny, windows, tiny.linear_sites()[-3:], str(run), CollectConfig(mode="empirical"))
     assert tree_digest(run) == before
+    # Without its marker too, nothing identifies the directory: refused as not ours.
+    os.remove(run / MARKER)
+    with pytest.raises(OutputDirError, match="not written by kfac-mem"):
+        collect(tiny, windows, tiny.linear_sites()[-3:], str(run), CollectConfig(mode="empirical"))
 
 
 def test_truncated_model_files_name_the_file(tiny, capsys, tmp_path):
