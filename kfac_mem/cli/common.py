@@ -136,12 +136,31 @@ def load_model(args: argparse.Namespace, mesh=None, rules=None, path: str | None
         first = str(e).strip().splitlines()[0][:240] if str(e).strip() else ""
         if isinstance(e, (ValueError, KeyError)) and os.path.basename(str(source)) in first:
             raise  # the loader's own message already names the file
+        bad = _unreadable_json(source)
         raise CorruptArtifactError(
-            f"{source}: the model cannot be loaded ({type(e).__name__}: {first}); a file of it "
-            f"is truncated or malformed (run with --debug for the traceback)."
+            f"{bad or source}: the model cannot be loaded ({type(e).__name__}: {first}); "
+            f"{'the file' if bad else 'a file of it'} is truncated or malformed (run with --debug "
+            f"for the traceback)."
         ) from e
     check_finite_params(model.params, f"the model {source}")
     return model
+
+
+def _unreadable_json(directory: str) -> str | None:
+    """The first *.json file directly in `directory` that does not parse (None if all do)."""
+    import json
+
+    if not os.path.isdir(directory):
+        return None
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".json"):
+            path = os.path.join(directory, name)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    json.load(f)
+            except (OSError, ValueError):
+                return path
+    return None
 
 
 def check_finite_params(params, artifact: str) -> None:
