@@ -60,8 +60,8 @@ def check_token_ids(tokens: Any, vocab_size: int | None, where: str) -> None:
             span = f"[0, {vocab_size})" if vocab_size is not None else "[0, ∞)"
             where_in = f" (row {start + r}, position {c})" if arr.ndim > 1 else f" (index {c})"
             raise InputError(
-                f"{where}: token id {int(block[r, c])}{where_in} is outside the model's "
-                f"vocabulary {span}; was it tokenized for another model?"
+                f"{where} has token id {int(block[r, c])} outside the model's vocabulary "
+                f"{span}{where_in}; was it tokenized for another model?"
             )
 
 

@@ -48,12 +48,14 @@ def _bad_id_files(tmp_path):
 
 def test_token_ids_are_range_checked_before_any_cast(tmp_path):
     for path, bad in _bad_id_files(tmp_path):
-        with pytest.raises(InputError, match=rf"token id {bad} \(row 0, position \d\).*\[0, 256\)"):
+        with pytest.raises(
+            InputError, match=rf"has token id {bad} outside .*\[0, 256\) \(row 0, position \d\)"
+        ):
             load_windows([str(path)], vocab_size=256)
     # The same check serves evaluate's and analyze's jsonl windows.
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"prefix_ids": [1, 2], "suffix_ids": [3, 300]}\n')
-    with pytest.raises(ValueError, match=r"rows.jsonl:1: `suffix_ids`: token id 300"):
+    with pytest.raises(ValueError, match=r"rows.jsonl:1: `suffix_ids` has token id 300 outside"):
         read_memorized(str(rows), vocab_size=256)
     check_token_ids(np.arange(256), 256, "ok")
     wide = tmp_path / "wide.npy"
