@@ -6,6 +6,8 @@ runs): `make_mesh` → `select_sites` → `collect` → `load_factors` → `deco
 The method and the on-disk formats are docs/design.md; the public API is `__all__` here and in
 the stage packages (`kfac_mem.editing`, `.evaluation`, `.analysis`, `.baselines`, `.vision`);
 deeper imports are internal.
+Errors a caller can fix derive from `UserError` (`kfac_mem.errors`); output directories are owned
+and locked by `kfac_mem.rundir`, inputs checked by `kfac_mem.validation`.
 """
 
 from kfac_mem.analysis import AnalyzeOptions as AnalyzeOptions
@@ -27,6 +29,8 @@ from kfac_mem.eigen_run import load_eigen as load_eigen
 from kfac_mem.evaluation import MiningConfig as MiningConfig
 from kfac_mem.evaluation import mine as mine
 from kfac_mem.evaluation import run_evaluation as run_evaluation
+from kfac_mem.errors import NonFiniteError as NonFiniteError
+from kfac_mem.errors import UserError as UserError
 from kfac_mem.factors import Factor as Factor
 from kfac_mem.factors import FactorRun as FactorRun
 from kfac_mem.factors import load_factors as load_factors
@@ -49,6 +53,8 @@ __all__ = [
     "MeshConfig",
     "MiningConfig",
     "SiteEigen",
+    "NonFiniteError",
+    "UserError",
     "Windows",
     "analyze",
     "apply_plan",

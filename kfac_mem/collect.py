@@ -71,10 +71,13 @@ from kfac_mem.aot import CompiledCost, cost_of_compiled
 from kfac_mem.atomic import write_json_atomic
 from kfac_mem.capture import inputs_and_output_grads
 from kfac_mem.data import LabelledExamples, Windows
+from kfac_mem.errors import CorruptArtifactError, NonFiniteError
 from kfac_mem.head_loss import MODES
 from kfac_mem.protocol import CurvatureModel
+from kfac_mem.rundir import claim
 from kfac_mem.selection import input_groups
 from kfac_mem.sharding import data_axes, logical_to_sharding, logical_to_spec
+from kfac_mem.validation import check_token_ids, check_window_length
 from models import axes
 from models.sites import LinearSite
 
@@ -113,10 +116,6 @@ class CollectConfig:
             raise ValueError(f"`scheme` must be one of {STEP_SCHEMES}, got {self.scheme!r}.")
         if self.batch_size < 1 or self.save_every < 1 or self.vocab_chunk < 1:
             raise ValueError("`batch_size`, `save_every` and `vocab_chunk` must be >= 1.")
-
-
-class NonFiniteError(FloatingPointError):
-    """A non-finite activation or gradient reached the factors (nothing was written for it)."""
 
 
 def _outer(x: jax.Array, dtype, groups: int | None = None) -> jax.Array:
@@ -534,7 +533,7 @@ def _check_resumable(existing: dict[str, Any], identity: dict[str, Any], directo
         )
         raise ValueError(
             f"{directory} already holds a factor run that differs in {diffs} ({detail}). "
-            f"Continuing would mix incompatible statistics: use a new --out directory, or delete "
+            f"Continuing would mix incompatible statistics: use a new `out_dir`, or delete "
             f"this one to start over."
         )
 
@@ -554,15 +553,20 @@ def collect(
     engine: str = "native",
     progress: bool = True,
     stop_after: int | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> fstore.FactorRun:
     """Collect K-FAC factors for `sites` over `windows` into the factor run at `out_dir`.
 
     `windows` is token `Windows` for a language model or `LabelledExamples` (images + labels) for a
-    classifier; positions are weighted by the model's `loss_targets` (CLS only for a ViT).
+    classifier; positions are weighted by the model's `loss_targets` (CLS only for a ViT). Token
+    ids must lie in [0, vocab_size) and windows fit the model's positions (checked first).
 
-    Resumes an interrupted run with the same identity (model weights, corpus, mode, seed, batch
-    size, sites); refuses to continue a different one. `stop_after` (batches) ends early without
-    marking the run complete (used to test interruption).
+    `out_dir` must be new, empty or a factor run (`kfac_mem.rundir`); it is locked for the whole
+    call. Resumes an interrupted run with the same identity (model weights, corpus, mode, seed,
+    batch size, sites); refuses to continue a different one, or a run whose metadata.json is gone.
+    `before_write` is called once every check has passed, before the first write of the run (the
+    CLI writes config.yaml there). `stop_after` (batches) ends early without marking the run
+    complete (used to test interruption).
 
     The reduce mode (`config.reduce`, "auto" by default) is chosen by `choose_reduce` from the
     compiled step's memory; the choice and its reason are logged and written to the run's
@@ -570,6 +574,21 @@ def collect(
 
     Returns the finished run as `kfac_mem.load_factors(out_dir)` would.
     """
+    if isinstance(windows, Windows):
+        cfg = getattr(model, "config", None)
+        check_token_ids(windows.tokens, getattr(cfg, "vocab_size", None), "`windows`")
+        check_window_length(
+            windows.seq_len, getattr(cfg, "max_position_embeddings", None), "`windows`"
+        )
+    inputs = {"model": getattr(model, "source", None)}
+    inputs.update({f"windows ({p})": p for p in windows.sources})
+    with claim(out_dir, "factors", inputs=inputs):
+        return _collect(
+            model, windows, sites, out_dir, config, engine, progress, stop_after, before_write
+        )
+
+
+def _collect(model, windows, sites, out_dir, config, engine, progress, stop_after, before_write):
     mesh, rules = model.mesh, model.rules
     if config.accumulate_dtype == "float64" and not jax.config.jax_enable_x64:
         raise ValueError(
@@ -593,8 +612,21 @@ def collect(
     identity = run_identity(model, sites, windows, config, engine)
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, fstore.METADATA)
+    state = os.path.join(out_dir, "state")
+    has_state = os.path.isdir(state) and bool(os.listdir(state))
     if os.path.isfile(meta_path):
-        _check_resumable(fstore.read_metadata(out_dir), identity, out_dir)
+        existing = fstore.read_metadata(out_dir)
+        if has_state or (existing.get("progress") or {}).get("steps"):
+            _check_resumable(existing, identity, out_dir)
+        # else: nothing was accumulated (refused or interrupted at once): start afresh.
+    elif has_state:
+        raise CorruptArtifactError(
+            f"`out_dir` {out_dir} holds factor checkpoints (state/) but no {fstore.METADATA}, so "
+            f"what they were collected on cannot be checked and they cannot be resumed. Delete "
+            f"the directory to start over, or choose another `out_dir`."
+        )
+    if before_write is not None:
+        before_write()
 
     shardings = factor_shardings(sites, mesh, rules)
     batch_sh = batch_shardings(windows, rows, mesh, rules)

@@ -1,7 +1,8 @@
 """Corpora -> fixed windows of token ids.
 
 Accepted inputs:
-  * a `.npy` integer array [windows, length]: used as the windows exactly as given;
+  * `.npy` integer arrays [windows, length] (one file, several, or a directory of them): used as
+    the windows exactly as given, concatenated in order (never tokenized as text);
   * plain text files (`.txt`, or any non-jsonl file), or `.jsonl` / `.jsonl.gz` with a text field,
     or a directory of them: each document is tokenized (no special tokens), documents are
     concatenated in order (no separators, as the reference release does) and cut into
@@ -18,6 +19,9 @@ import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from kfac_mem.errors import InputError
+from kfac_mem.validation import check_token_ids, check_window_length, load_npy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,14 +144,17 @@ def _files(paths: Sequence[str]) -> list[str]:
         elif os.path.isfile(p):
             out.append(p)
         else:
-            raise FileNotFoundError(f"--data {p}: no such file or directory.")
+            raise FileNotFoundError(f"`paths`: {p}: no such file or directory.")
     if not out:
-        raise FileNotFoundError(f"--data {list(paths)}: no files found.")
+        raise InputError(f"`paths` {list(paths)}: no files found.")
     return out
 
 
 def iter_documents(paths: Sequence[str], text_field: str = "text") -> Iterator[str]:
-    """Documents from text files (one document per file) and jsonl files (one per line)."""
+    """Documents from text files (one document per file) and jsonl files (one per line).
+
+    A jsonl line must be an object whose `text_field` is a string; anything else is refused with
+    the file and line (a null is not the text "None")."""
     for path in _files(paths):
         opener = gzip.open if path.endswith(".gz") else open
         if path.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
@@ -158,15 +165,49 @@ def iter_documents(paths: Sequence[str], text_field: str = "text") -> Iterator[s
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{lineno}: not valid JSON ({e}).") from e
-                    if text_field not in row:
-                        raise ValueError(
-                            f"{path}:{lineno}: no `{text_field}` field (use --text-field)."
+                        raise InputError(f"{path}:{lineno}: not valid JSON ({e}).") from None
+                    if not isinstance(row, dict):
+                        raise InputError(
+                            f"{path}:{lineno}: expected a JSON object with a `{text_field}` "
+                            f"field, got a {type(row).__name__}."
                         )
-                    yield str(row[text_field])
+                    if text_field not in row:
+                        raise InputError(
+                            f"{path}:{lineno}: no `{text_field}` field (name the field with "
+                            f"`text_field`)."
+                        )
+                    if not isinstance(row[text_field], str):
+                        got = "null" if row[text_field] is None else type(row[text_field]).__name__
+                        raise InputError(
+                            f"{path}:{lineno}: `{text_field}` must be a string, got {got}."
+                        )
+                    yield row[text_field]
         else:
             with opener(path, "rt", encoding="utf-8", errors="replace") as f:
                 yield f.read()
+
+
+def _load_token_files(files: Sequence[str]) -> np.ndarray:
+    """Concatenate `.npy` windows [n_i, L] (one L for all) along the window axis."""
+    arrays = []
+    for path in files:
+        tokens = load_npy(path, mmap=len(files) == 1)
+        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+            raise InputError(
+                f"{path}: expected an integer array [windows, length], got {tokens.dtype} "
+                f"{tokens.shape}. Save windows with np.save(path, ids.reshape(n, length))."
+            )
+        if tokens.shape[0] == 0 or tokens.shape[1] < 2:
+            raise InputError(
+                f"{path}: needs at least one window of length >= 2, got {tokens.shape}."
+            )
+        if arrays and tokens.shape[1] != arrays[0].shape[1]:
+            raise InputError(
+                f"{path}: windows of length {tokens.shape[1]}, but {files[0]} has "
+                f"{arrays[0].shape[1]}; all `.npy` files of one corpus need one window length."
+            )
+        arrays.append(tokens)
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def load_windows(
@@ -175,30 +216,42 @@ def load_windows(
     tokenizer=None,
     max_tokens: int | None = None,
     text_field: str = "text",
+    vocab_size: int | None = None,
+    max_positions: int | None = None,
 ) -> Windows:
-    """Windows from `paths` (see module docstring). `max_tokens` caps the number of windows at
-    max_tokens // seq_len (at least one)."""
+    """Windows from `paths` (see module docstring).
+
+    `.npy` files (given as a list, or every file of a directory) are token windows [n, L],
+    concatenated in order; they cannot be mixed with text files. `max_tokens` (>= 1) caps the
+    number of windows at max_tokens // length (at least one). With `vocab_size` every id must lie
+    in [0, vocab_size) (checked before any cast), with `max_positions` the window length is
+    bounded; both are checked before anything is returned.
+    """
     paths = [paths] if isinstance(paths, str) else list(paths)
-    if len(paths) == 1 and paths[0].endswith(".npy"):
-        if not os.path.isfile(paths[0]):
-            raise FileNotFoundError(f"--data {paths[0]}: no such file.")
-        tokens = np.load(paths[0], mmap_mode="r")
-        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(
-                f"{paths[0]}: expected an integer array [windows, length], got {tokens.dtype} "
-                f"{tokens.shape}. Save windows with np.save(path, ids.reshape(n, length))."
-            )
-        if tokens.shape[0] == 0 or tokens.shape[1] < 2:
-            raise ValueError(
-                f"{paths[0]}: needs at least one window of length >= 2, got {tokens.shape}."
-            )
+    if not paths:
+        raise InputError("`paths` is empty: give at least one corpus file.")
+    if max_tokens is not None and max_tokens < 1:
+        raise InputError(f"`max_tokens` must be >= 1, got {max_tokens}.")
+    for p in paths:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"`paths`: {p}: no such file or directory.")
+    files = _files(paths)
+    npy = [f for f in files if f.endswith(".npy")]
+    if npy and len(npy) != len(files):
+        other = next(f for f in files if not f.endswith(".npy"))
+        raise InputError(
+            f"`paths` mixes .npy token windows ({npy[0]}) with text ({other}); give one kind."
+        )
+    if npy:
+        tokens = _load_token_files(npy)
+        check_token_ids(tokens, vocab_size, npy[0] if len(npy) == 1 else f"`paths` {paths}")
     else:
         if tokenizer is None:
-            raise ValueError(
+            raise InputError(
                 "Text corpora need a tokenizer; the model has none. Pass token windows as .npy."
             )
         if seq_len < 2:
-            raise ValueError(f"--seq-len must be >= 2, got {seq_len}.")
+            raise InputError(f"`seq_len` must be >= 2, got {seq_len}.")
         budget = None if max_tokens is None else max(max_tokens, seq_len)
         ids: list[int] = []
         for doc in iter_documents(paths, text_field):
@@ -207,11 +260,14 @@ def load_windows(
                 break
         n = len(ids) // seq_len
         if n == 0:
-            raise ValueError(
-                f"--data {paths}: the corpus has {len(ids)} tokens, shorter than one window of "
-                f"--seq-len {seq_len}. Give more text or a smaller --seq-len."
+            raise InputError(
+                f"`paths` {paths}: the corpus has {len(ids)} tokens, shorter than one window of "
+                f"`seq_len` {seq_len}. Give more text or a smaller `seq_len`."
             )
-        tokens = np.asarray(ids[: n * seq_len], np.int32).reshape(n, seq_len)
+        tokens = np.asarray(ids[: n * seq_len], np.int64).reshape(n, seq_len)
+        check_token_ids(tokens, vocab_size, f"`paths` {paths} (tokenized)")
+        tokens = tokens.astype(np.int32)
+    check_window_length(tokens.shape[1], max_positions, f"`paths` {paths}")
     if max_tokens is not None:
         tokens = tokens[: max(1, max_tokens // tokens.shape[1])]
     return Windows(tokens, tuple(os.path.abspath(p) for p in paths), array_fingerprint(tokens))

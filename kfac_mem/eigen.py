@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from kfac_mem.errors import NonFiniteError
 from models.axes import FACTOR_STACK
 from models.partitioning import Rules, logical_to_spec
 
@@ -59,17 +60,22 @@ def symmetrize(m: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
 
 
 def check_finite(factors: Mapping[str, np.ndarray]) -> None:
-    """Raise ValueError naming every factor with a NaN or Inf entry.
+    """Raise NonFiniteError (a ValueError too) naming every factor with a NaN or Inf entry.
 
     Args:
       factors: factor name (layer / input-group id) -> matrix.
     """
     bad = [name for name, m in factors.items() if not np.isfinite(np.asarray(m)).all()]
     if bad:
-        raise ValueError(
+        raise NonFiniteFactorError(
             f"Non-finite (NaN/Inf) entries in factor(s) {bad}. The factor run is corrupt or "
-            f"overflowed: recollect those layers (with --accumulate-dtype float64 if sums overflow)."
+            f"overflowed: recollect those layers (`kfac-mem collect --accumulate float64` if "
+            f"sums overflow). Nothing was written."
         )
+
+
+class NonFiniteFactorError(NonFiniteError, ValueError):
+    """Non-finite factor entries (a ValueError for callers that catch that)."""
 
 
 def stack_shards(mesh: Mesh | None, rules: Rules | None) -> int:

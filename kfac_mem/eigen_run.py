@@ -36,7 +36,9 @@ from kfac_mem.eigen import (
     stack_shards,
     stacked_eigh,
 )
+from kfac_mem.errors import CorruptArtifactError, NonFiniteError
 from kfac_mem.factors import FactorRun, site_from_dict, site_to_dict
+from kfac_mem.rundir import claim
 from kfac_mem.treekeys import flatten, nest
 from models.partitioning import Rules
 from models.sites import LinearSite
@@ -152,7 +154,8 @@ def decompose_run(
       precision: "float32" or "float64" (float64 enables x64 only inside this call).
       site_ids: restrict to these layers (HF ids); default all collected layers.
       chunk_bytes: per-device bytes of one stacked chunk (bounds device and host memory).
-      overwrite: replace an existing eigen run in `out_dir`.
+      overwrite: replace an existing eigen run in `out_dir` (never another kind of directory:
+        `out_dir` must be new, empty or an eigen run, and not the factor run; `kfac_mem.rundir`).
     """
     out_dir = os.path.abspath(out_dir)
     if site_ids is None:
@@ -171,65 +174,74 @@ def decompose_run(
     matrices = _factor_matrices(run, sites)
     # Finiteness of the sums is finiteness of the means; name the layer(s), write nothing.
     check_finite({f"{key} (layer {layer})": m for key, (m, layer) in matrices.items()})
-    if os.path.isfile(os.path.join(out_dir, METADATA)) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds an eigen run; pass --overwrite or choose another --out."
-        )
-
-    shards = stack_shards(mesh, rules)
-    by_dim: dict[int, list[str]] = {}
-    for key, (m, _) in sorted(matrices.items()):
-        by_dim.setdefault(m.shape[0], []).append(key)
-    entries: dict[str, dict[str, Any]] = {}
-    chunks: dict[str, dict[str, Any]] = {}
-    with precision_scope(precision) as dtype:
-        plan = _chunks(by_dim, shards, dtype.itemsize, chunk_bytes)
-        os.makedirs(out_dir, exist_ok=True)
-        if jax.process_index() == 0 and os.path.exists(os.path.join(out_dir, METADATA)):
-            os.remove(os.path.join(out_dir, METADATA))  # mark incomplete while rewriting
-        for name, d, keys in plan:
-            stack = np.stack(
-                [
-                    (np.asarray(matrices[k][0], np.float64) / run.n_tokens).astype(dtype)
-                    for k in keys
-                ]
-            )
-            w, u = stacked_eigh(stack, mesh, rules)
-            with ocp.StandardCheckpointer() as ckptr:
-                ckptr.save(
-                    os.path.join(out_dir, "chunks", name), {"eigvals": w, "eigvecs": u}, force=True
+    with claim(
+        out_dir,
+        "eigen",
+        inputs={"run": run.directory},
+        overwrite=overwrite,
+        replace_needs_overwrite=True,
+    ):
+        shards = stack_shards(mesh, rules)
+        by_dim: dict[int, list[str]] = {}
+        for key, (m, _) in sorted(matrices.items()):
+            by_dim.setdefault(m.shape[0], []).append(key)
+        entries: dict[str, dict[str, Any]] = {}
+        chunks: dict[str, dict[str, Any]] = {}
+        with precision_scope(precision) as dtype:
+            plan = _chunks(by_dim, shards, dtype.itemsize, chunk_bytes)
+            os.makedirs(out_dir, exist_ok=True)
+            if jax.process_index() == 0 and os.path.exists(os.path.join(out_dir, METADATA)):
+                os.remove(os.path.join(out_dir, METADATA))  # mark incomplete while rewriting
+            for name, d, keys in plan:
+                stack = np.stack(
+                    [
+                        (np.asarray(matrices[k][0], np.float64) / run.n_tokens).astype(dtype)
+                        for k in keys
+                    ]
                 )
-                ckptr.wait_until_finished()
-            chunks[name] = {
-                "dim": d,
-                "count": len(keys),
-                "padded": padded_size(len(keys), shards),
-                "dtype": str(dtype),
-            }
-            for i, k in enumerate(keys):
-                entries[k] = {"chunk": name, "index": i, "dim": d}
-            del stack, w, u
-    meta = {
-        "format": FORMAT,
-        "precision": precision,
-        "factor_run": _link(run),
-        "model": _link(run)["model"],
-        "sites": [site_to_dict(s) for s in sites],
-        "entries": entries,
-        "chunks": chunks,
-        "convention": "M = U diag(w) U^T of the symmetrized per-position mean factor; w descending; "
-        "eigenvectors are the columns of U",
-        "stack_shards": shards,
-    }
-    write_json_atomic(os.path.join(out_dir, METADATA), meta)
-    return EigenRun(out_dir)
+                w, u = stacked_eigh(stack, mesh, rules)
+                with ocp.StandardCheckpointer() as ckptr:
+                    ckptr.save(
+                        os.path.join(out_dir, "chunks", name),
+                        {"eigvals": w, "eigvecs": u},
+                        force=True,
+                    )
+                    ckptr.wait_until_finished()
+                chunks[name] = {
+                    "dim": d,
+                    "count": len(keys),
+                    "padded": padded_size(len(keys), shards),
+                    "dtype": str(dtype),
+                }
+                for i, k in enumerate(keys):
+                    entries[k] = {"chunk": name, "index": i, "dim": d}
+                del stack, w, u
+        meta = {
+            "format": FORMAT,
+            "precision": precision,
+            "factor_run": _link(run),
+            "model": _link(run)["model"],
+            "sites": [site_to_dict(s) for s in sites],
+            "entries": entries,
+            "chunks": chunks,
+            "convention": "M = U diag(w) U^T of the symmetrized per-position mean factor; w descending; "
+            "eigenvectors are the columns of U",
+            "stack_shards": shards,
+        }
+        write_json_atomic(os.path.join(out_dir, METADATA), meta)
+        return EigenRun(out_dir)
 
 
 def _read_json(path: str) -> dict[str, Any]:
     import json
 
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise CorruptArtifactError(
+                f"{path}: not valid JSON ({e}); the file is corrupt."
+            ) from None
 
 
 class EigenRun:
@@ -267,10 +279,38 @@ class EigenRun:
             info = self.metadata["chunks"][name]
             n, d, dtype = info["padded"], info["dim"], np.dtype(info["dtype"])
             target = {"eigvals": np.empty((n, d), dtype), "eigvecs": np.empty((n, d, d), dtype)}
-            with ocp.StandardCheckpointer() as ckptr:
-                self._cache[name] = ckptr.restore(
-                    os.path.join(self.directory, "chunks", name), target
+            path = os.path.join(self.directory, "chunks", name)
+            try:
+                with ocp.StandardCheckpointer() as ckptr:
+                    chunk = ckptr.restore(path, target)
+            except Exception as e:  # tensorstore / Orbax errors on truncated or missing files
+                raise CorruptArtifactError(
+                    f"{path}: eigen chunk cannot be read ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:200] if str(e) else ''}); the eigen run is corrupt. "
+                    f"Rerun `kfac-mem decompose` into a new directory."
+                ) from None
+            layers = [k for k, v in self.metadata["entries"].items() if v["chunk"] == name]
+            ok = np.isfinite(chunk["eigvals"]).all(axis=1) & np.isfinite(chunk["eigvecs"]).all(
+                axis=(1, 2)
+            )
+            bad = [k for k in layers if not ok[self.metadata["entries"][k]["index"]]]
+            if bad:
+                raise NonFiniteError(
+                    f"Non-finite (NaN/Inf) eigenvalues or eigenvectors for {bad} in the eigen run "
+                    f"{self.directory} (chunk {path}): the file is corrupt. Rerun "
+                    f"`kfac-mem decompose` into a new directory. Nothing was written."
                 )
+            # Orthonormal columns have unit norm: a cheap O(d²) check that catches finite garbage.
+            tol = 1e-3 if np.dtype(info["dtype"]).itemsize <= 4 else 1e-8
+            dev = np.abs(np.linalg.norm(chunk["eigvecs"].astype(np.float64), axis=-2) - 1).max(-1)
+            bad = [k for k in layers if dev[self.metadata["entries"][k]["index"]] > tol]
+            if bad:
+                raise CorruptArtifactError(
+                    f"Eigenvectors of {bad} in the eigen run {self.directory} (chunk {path}) are "
+                    f"not unit vectors (off by up to {float(dev.max()):.3g}): the file is corrupt. "
+                    f"Rerun `kfac-mem decompose` into a new directory. Nothing was written."
+                )
+            self._cache[name] = chunk
         return self._cache[name]
 
     def factor(self, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kfac_mem.errors import CorruptArtifactError
 from kfac_mem.treekeys import flatten, nest
 from models.sites import LinearSite
 
@@ -70,9 +71,15 @@ def read_metadata(directory: str) -> dict[str, Any]:
             f"{directory}: no {METADATA}; not a factor run. Create one with `kfac-mem collect --out {directory}`."
         )
     with open(path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}.")
+        try:
+            meta = json.load(f)
+        except ValueError as e:
+            raise CorruptArtifactError(
+                f"{path}: not valid JSON ({e}); the file is corrupt."
+            ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CorruptArtifactError(f"{path}: format {fmt!r} is not {FORMAT!r}.")
     return meta
 
 
@@ -139,8 +146,18 @@ class FactorRun(Mapping[str, Factor]):
         self._sums: FactorSums | None = None
 
     def _restore(self) -> tuple[FactorSums, dict[str, Any]]:
-        with checkpoint_manager(self.directory) as manager:
-            return restore_state(manager)
+        try:
+            with checkpoint_manager(self.directory) as manager:
+                return restore_state(manager)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # tensorstore / Orbax errors on truncated or missing files
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            raise CorruptArtifactError(
+                f"{os.path.join(self.directory, 'state')}: factor checkpoint cannot be read "
+                f"({type(e).__name__}: {first}); the factor run is corrupt. Collect it again "
+                f"into a new directory."
+            ) from None
 
     @property
     def sums(self) -> FactorSums:

@@ -57,7 +57,7 @@ class MeshConfig:
             if n_devices % fixed:
                 raise ValueError(
                     f"Mesh config `{self.name}`: fixed axes multiply to {fixed}, which does not divide "
-                    f"the {n_devices} devices. Change the axis sizes (e.g. --mesh-axis tensor=1, or MeshConfig.with_sizes(tensor=1))."
+                    f"the {n_devices} devices. Change the axis sizes with `sizes` (e.g. tensor=1)."
                 )
             sizes[free[0]] = n_devices // fixed
         shape = tuple(sizes[a] for a in self.mesh_axes)

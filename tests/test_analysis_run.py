@@ -357,7 +357,7 @@ def test_bad_input(olmo8, eigen_dir, data, run8, tmp_path):
         )
     with pytest.raises(ValueError, match="--clean 'other'"):
         analyze(olmo8, eigen_dir, sets, out_dir=str(tmp_path / "c"), clean="other", log=None)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="`overwrite`"):
         analyze(olmo8, eigen_dir, sets, out_dir=out, options=OPTIONS, log=None)
     with pytest.raises(ValueError, match="--rho"):
         AnalyzeOptions(rhos=(0.6, 1.5))

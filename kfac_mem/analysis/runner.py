@@ -31,6 +31,7 @@ from kfac_mem.analysis.store import ArrayWriter
 from kfac_mem.analysis.summary import ratios
 from kfac_mem.editing.selection import Spectrum
 from kfac_mem.eigen_run import EigenRun, load_eigen
+from kfac_mem.rundir import check_output
 from models.sites import LinearSite, get_path
 
 FORMAT = "kfac-mem-analysis-v1"
@@ -85,12 +86,13 @@ def _warnings(model, eigen: EigenRun, options: AnalyzeOptions) -> list[str]:
     return out
 
 
-def _prepare_out(out_dir: str, overwrite: bool) -> None:
+def _prepare_out(out_dir: str, overwrite: bool, inputs: dict[str, str | None]) -> None:
+    """`out_dir` must be new, empty or an analysis (replaced only with `overwrite`) and not an
+    input (`kfac_mem.rundir`); the CLI also holds its lock for the whole run."""
     path = os.path.join(out_dir, REPORT_JSON)
-    if os.path.isfile(path) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds an analyzer report; pass --overwrite or choose another --out."
-        )
+    check_output(
+        out_dir, "analysis", inputs=inputs, overwrite=overwrite, replace_needs_overwrite=True
+    )
     os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0 and os.path.exists(path):
         os.remove(path)  # an interrupted rerun must not leave the old report looking current
@@ -157,7 +159,11 @@ def analyze(
             f"batch is split over (mesh {dict(model.mesh.shape)})."
         )
     out_dir = os.path.abspath(out_dir)
-    _prepare_out(out_dir, options.overwrite)
+    _prepare_out(
+        out_dir,
+        options.overwrite,
+        {"model": getattr(model, "source", None), "eigen": eigen.directory},
+    )
     warnings = _warnings(model, eigen, options)
     for w in warnings:
         say(f"warning: {w}")

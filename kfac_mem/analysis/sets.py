@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kfac_mem.evaluation.io import iter_jsonl, read_memorized
+from kfac_mem.validation import check_token_ids
 
 POSITIONS = ("all", "suffix")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -96,11 +97,7 @@ def _check_tokens(name: str, tokens: np.ndarray, vocab_size: int | None, where: 
         raise ValueError(
             f"Set `{name}` ({where}): needs at least one window of length >= 2, got {tokens.shape}."
         )
-    if tokens.min() < 0 or (vocab_size is not None and tokens.max() >= vocab_size):
-        raise ValueError(
-            f"Set `{name}` ({where}): token ids span [{tokens.min()}, {tokens.max()}] but the "
-            f"model's vocabulary is [0, {vocab_size}); was it tokenized for another model?"
-        )
+    check_token_ids(tokens, vocab_size, f"Set `{name}` ({where})")
     return tokens.astype(np.int32)
 
 

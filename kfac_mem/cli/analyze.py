@@ -25,6 +25,7 @@ from kfac_mem.cli.common import (
     load_model,
     mesh_from_args,
     parse_layer_selection,
+    path_inputs,
     write_resolved_config,
 )
 
@@ -182,15 +183,20 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
+    from kfac_mem.rundir import check_output, claim
+
+    inputs = path_inputs(args)
+    own = dict(overwrite=args.overwrite, replace_needs_overwrite=True)
+    out = check_output(args.out, "analysis", inputs=inputs, **own)
     eigen = load_eigen(args.eigen)
     mesh, rules = mesh_from_args(args)
     model = load_model(args, mesh, rules)
     site_ids = _site_ids(args, model, eigen)
-    out = os.path.abspath(args.out)
-    report = analyze(
-        model, eigen, sets, out_dir=out, clean=args.clean, options=options, site_ids=site_ids
-    )
-    write_resolved_config(out, "analyze", args, extra={"layers": report["layers"]})
+    with claim(out, "analysis", inputs=inputs, **own):
+        report = analyze(
+            model, eigen, sets, out_dir=out, clean=args.clean, options=options, site_ids=site_ids
+        )
+        write_resolved_config(out, "analyze", args, extra={"layers": report["layers"]})
     for f in report["findings"]:
         print(
             f"{f['set']} vs {f['versus']}: {f['claim']}: {f['holds_in']}/{f['of']} "

@@ -106,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)
     from kfac_mem.collect import CollectConfig, collect
     from kfac_mem.data import load_windows
+    from kfac_mem.rundir import check_output
     from kfac_mem.selection import select_sites
 
+    check_output(args.out, "factors", inputs=common.path_inputs(model=args.model, data=args.data))
     mesh, rules = common.mesh_from_args(args)
     model = common.load_model(args, mesh, rules)
     all_sites = model.linear_sites()
@@ -125,7 +127,13 @@ def run(args: argparse.Namespace) -> int:
         )
         sites = select_sites(all_sites, layers=layers, projections=projs)
     windows = load_windows(
-        args.data, args.seq_len, model.tokenizer, args.max_tokens, args.text_field
+        args.data,
+        args.seq_len,
+        model.tokenizer,
+        args.max_tokens,
+        args.text_field,
+        vocab_size=model.config.vocab_size,
+        max_positions=model.config.max_position_embeddings,
     )
     config = CollectConfig(
         mode=args.mode,
@@ -137,12 +145,25 @@ def run(args: argparse.Namespace) -> int:
         reduce=args.reduce,
         scheme=args.step_scheme,
     )
-    common.write_resolved_config(
-        args.out, "collect", args, {"sites": [s.id for s in sites], "corpus": windows.describe()}
-    )
+
+    def write_config():  # only once every check of the run has passed
+        common.write_resolved_config(
+            args.out,
+            "collect",
+            args,
+            {"sites": [s.id for s in sites], "corpus": windows.describe()},
+        )
+
     t0 = time.time()
     run_ = collect(
-        model, windows, sites, args.out, config, engine=args.engine, progress=not args.no_progress
+        model,
+        windows,
+        sites,
+        args.out,
+        config,
+        engine=args.engine,
+        progress=not args.no_progress,
+        before_write=write_config,
     )
     if jax.process_index() == 0:
         elapsed = time.time() - t0

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from kfac_mem.errors import CorruptArtifactError, InputError, UserError
+
 DEBUG_ENV = "KFAC_MEM_DEBUG"
 
 
@@ -39,6 +41,13 @@ def add_mesh_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
+    g.add_argument(
+        "--coordinator-timeout",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="multi-host: how long to wait for every process to join (default 300)",
+    )
     g.add_argument(
         "--distributed",
         action="store_true",
@@ -70,7 +79,31 @@ def init_distributed(args: argparse.Namespace) -> None:
             )
         # Only the CPU backend reads this (cross-process CPU collectives, e.g. tests on localhost).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        timeout = int(getattr(args, "coordinator_timeout", 300))
+        print(
+            f"kfac-mem: process {args.process_id} of {args.num_processes}: waiting up to "
+            f"{timeout} s for all {args.num_processes} processes to join the coordinator at "
+            f"{args.coordinator} (--coordinator-timeout)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            jax.distributed.initialize(
+                args.coordinator,
+                args.num_processes,
+                args.process_id,
+                initialization_timeout=timeout,
+            )
+        except Exception as e:  # the coordination service reports a deadline as a RuntimeError
+            if isinstance(e, (KeyboardInterrupt, UserError)):
+                raise
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise TimeoutError(
+                f"--coordinator {args.coordinator}: not all {args.num_processes} processes joined "
+                f"within {timeout} s ({type(e).__name__}: {first}). Start every process with the "
+                f"same --coordinator and --num-processes and its own --process-id, or raise "
+                f"--coordinator-timeout."
+            ) from e
     elif args.distributed:
         jax.distributed.initialize()
 
@@ -87,13 +120,64 @@ def mesh_from_args(args: argparse.Namespace):
     return make_mesh(args.mesh, **sizes)
 
 
-def load_model(args: argparse.Namespace, mesh=None, rules=None):
-    """The model named by --model, placed on the mesh (`models.load_pretrained` or a ViT)."""
+def load_model(args: argparse.Namespace, mesh=None, rules=None, path: str | None = None):
+    """The model named by --model (or `path`), placed on the mesh (`models.load_pretrained` or a
+    ViT). A file that cannot be read is an error naming it; non-finite weights are refused."""
     from models import load_pretrained
 
-    return load_pretrained(
-        args.model, mesh=mesh, rules=rules, dtype=args.dtype, param_dtype=args.param_dtype
-    )
+    source = args.model if path is None else path
+    try:
+        model = load_pretrained(
+            source, mesh=mesh, rules=rules, dtype=args.dtype, param_dtype=args.param_dtype
+        )
+    except (UserError, FileNotFoundError, FileExistsError):
+        raise
+    except Exception as e:  # truncated safetensors / Orbax files, malformed configs
+        first = str(e).strip().splitlines()[0][:240] if str(e).strip() else ""
+        if isinstance(e, (ValueError, KeyError)) and os.path.basename(str(source)) in first:
+            raise  # the loader's own message already names the file
+        bad = _unreadable_json(source)
+        raise CorruptArtifactError(
+            f"{bad or source}: the model cannot be loaded ({type(e).__name__}: {first}); "
+            f"{'the file' if bad else 'a file of it'} is truncated or malformed (run with --debug "
+            f"for the traceback)."
+        ) from e
+    check_finite_params(model.params, f"the model {source}")
+    return model
+
+
+def _unreadable_json(directory: str) -> str | None:
+    """The first *.json file directly in `directory` that does not parse (None if all do)."""
+    import json
+
+    if not os.path.isdir(directory):
+        return None
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".json"):
+            path = os.path.join(directory, name)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    json.load(f)
+            except (OSError, ValueError):
+                return path
+    return None
+
+
+def check_finite_params(params, artifact: str) -> None:
+    """NonFiniteError naming every parameter of `params` with a NaN/Inf (checked on device)."""
+    import jax
+    import jax.numpy as jnp
+
+    from kfac_mem.validation import check_finite_arrays
+
+    flags = {
+        "/".join(str(getattr(k, "key", k)) for k in path): jnp.isfinite(leaf).all()
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    }
+    # The reductions are replicated: read each from a local shard (also in multi-host runs).
+    flags = {k: bool(v.addressable_data(0)) for k, v in flags.items()}
+    check_finite_arrays({k: 0.0 if ok else float("nan") for k, ok in flags.items()}, artifact)
 
 
 def write_resolved_config(
@@ -136,13 +220,18 @@ def parse_layer_selection(
         idx = list(range(num_layers))
     else:
         idx = []
-        for part in layers.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = part.split("-")
-                idx.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                idx.append(int(part))
+        try:
+            for part in layers.split(","):
+                part = part.strip()
+                if "-" in part:
+                    lo, hi = part.split("-")
+                    idx.extend(range(int(lo), int(hi) + 1))
+                elif part:
+                    idx.append(int(part))
+        except ValueError:
+            raise InputError(
+                f"--layers expects layer indices such as 23,24 or 0-3 or all, got {layers!r}."
+            ) from None
     bad = [i for i in idx if not 0 <= i < num_layers]
     if bad:
         raise ValueError(f"--layers {bad} out of range: the model has layers 0..{num_layers - 1}.")
@@ -150,14 +239,44 @@ def parse_layer_selection(
     return sorted(set(idx)), projs
 
 
-def model_output_dir(args: argparse.Namespace) -> str:
-    """`--out` as an absolute path, refused early if it already holds a model and no --overwrite."""
-    from models.checkpoint import is_model_checkpoint
+OUTPUT_FLAGS = ("out", "export_hf", "cache_dir")
 
-    out = os.path.abspath(args.out)
-    if is_model_checkpoint(out) and not args.overwrite:
-        raise FileExistsError(
-            f"{out} already holds a model checkpoint; pass --overwrite or choose another --out."
+
+def path_inputs(args: argparse.Namespace | None = None, **named: Any) -> dict[str, str]:
+    """Every flag value naming an existing file or directory (the command's inputs), by flag;
+    outputs (`--out`, `--export-hf`, `--cache-dir`) excluded. For `rundir.check_output`."""
+    values = dict(vars(args)) if args is not None else {}
+    values.update(named)
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        if key in OUTPUT_FLAGS or key in ("run", "command"):
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, str) and "=" in item and not os.path.exists(item):
+                item = item.split("=", 1)[1]  # NAME=PATH flags (--memorized, --set)
+            if isinstance(item, str) and item and os.path.exists(item):
+                out[key if len(items) == 1 else f"{key}[{i}]"] = item
+    return out
+
+
+def model_output_dir(args: argparse.Namespace) -> str:
+    """`--out` (and `--export-hf`) checked before any work: each must be new, empty or this tool's
+    output of its kind (replaced only with --overwrite), and neither may be an input."""
+    from kfac_mem.rundir import check_output
+
+    inputs = path_inputs(args)
+    out = check_output(
+        args.out, "model", inputs=inputs, overwrite=args.overwrite, replace_needs_overwrite=True
+    )
+    if getattr(args, "export_hf", None):
+        check_output(
+            args.export_hf,
+            "hf-export",
+            inputs={**inputs, "out_dir": out},
+            overwrite=args.overwrite,
+            replace_needs_overwrite=True,
+            arg="hf_dir",
         )
     return out
 
@@ -172,18 +291,41 @@ def write_model_outputs(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """What `edit` and `baseline` write: the model (Orbax), its HF export with --export-hf,
-    report.json and config.yaml."""
+    report.json and config.yaml. The weights are checked finite first; both directories are
+    claimed (ownership re-checked, locked, marked) before anything is written."""
+    import contextlib
+
     from kfac_mem.atomic import write_json_atomic
+    from kfac_mem.rundir import claim
     from models import export_hf, save_model
 
-    save_model(model, out, metadata=metadata, overwrite=args.overwrite)
-    if args.export_hf:
-        export_hf(
-            model.config,
-            model.params,
-            args.export_hf,
-            tokenizer=model.tokenizer,
-            dtype=args.export_dtype,
+    check_finite_params(model.params, f"the weights `kfac-mem {command}` produced for {out}")
+    inputs = path_inputs(args)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            claim(
+                out, "model", inputs=inputs, overwrite=args.overwrite, replace_needs_overwrite=True
+            )
         )
-    write_json_atomic(os.path.join(out, "report.json"), report)
-    write_resolved_config(out, command, args, extra=extra)
+        if args.export_hf:
+            stack.enter_context(
+                claim(
+                    args.export_hf,
+                    "hf-export",
+                    inputs={**inputs, "out_dir": out},
+                    overwrite=args.overwrite,
+                    replace_needs_overwrite=True,
+                    arg="hf_dir",
+                )
+            )
+        save_model(model, out, metadata=metadata, overwrite=True)
+        if args.export_hf:
+            export_hf(
+                model.config,
+                model.params,
+                args.export_hf,
+                tokenizer=model.tokenizer,
+                dtype=args.export_dtype,
+            )
+        write_json_atomic(os.path.join(out, "report.json"), report)
+        write_resolved_config(out, command, args, extra=extra)

@@ -26,6 +26,7 @@ from kfac_mem.cli.common import (
     load_model,
     mesh_from_args,
     parse_layer_selection,
+    path_inputs,
     write_resolved_config,
 )
 
@@ -195,13 +196,10 @@ def options_from_args(args: argparse.Namespace, num_layers: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from kfac_mem.atomic import write_json_atomic
     from kfac_mem.baselines.compare import CompareSets, compare
-    from kfac_mem.baselines.table import markdown
     from kfac_mem.eigen_run import load_eigen
     from kfac_mem.evaluation.io import read_memorized
     from kfac_mem.evaluation.text import windows_from_sources
-    from models import save_model
 
     for flag in ("train", "validation", "ood"):
         if getattr(args, flag):
@@ -214,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
             "BSN and the relearning test need clean --retain text (or drop bsn "
             "from --methods and pass --relearn-steps 0)."
         )
+    from kfac_mem.rundir import check_output
+
+    check_output(args.out, "comparison", inputs=path_inputs(args))  # before hours of work
     eigen = load_eigen(args.eigen) if args.eigen else None
     init_distributed(args)
     mesh, rules = mesh_from_args(args)
@@ -239,7 +240,19 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args, model.config.num_layers)
     results = compare(model, eigen, sets, options)
     params = results.pop("params")
+    from kfac_mem.rundir import claim
+
     out = os.path.abspath(args.out)
+    with claim(out, "comparison", inputs=path_inputs(args)):
+        _write(args, out, model, results, params)
+    return 0
+
+
+def _write(args, out, model, results, params) -> None:
+    from kfac_mem.atomic import write_json_atomic
+    from kfac_mem.baselines.table import markdown
+    from models import save_model
+
     if args.save_models:
         for name, p in params.items():
             if name != "baseline":
@@ -259,4 +272,3 @@ def run(args: argparse.Namespace) -> int:
     write_resolved_config(out, "compare", args)
     print(table)
     print(f"wrote {os.path.join(out, 'results.json')} and comparison.md")
-    return 0

@@ -16,6 +16,7 @@ from kfac_mem.cli.common import (
     add_mesh_flags,
     init_distributed,
     mesh_from_args,
+    path_inputs,
     write_resolved_config,
 )
 
@@ -61,23 +62,32 @@ def run(args: argparse.Namespace) -> int:
     init_distributed(args)
     from kfac_mem.eigen_run import decompose_run
     from kfac_mem.factors import load_factors
+    from kfac_mem.rundir import check_output, claim
 
+    inputs = path_inputs(args)
+    check_output(
+        args.out, "eigen", inputs=inputs, overwrite=args.overwrite, replace_needs_overwrite=True
+    )
     factors = load_factors(args.factors)
     mesh, rules = mesh_from_args(args)
     ids = [s.strip() for s in args.layer_ids.split(",") if s.strip()] if args.layer_ids else None
-    eigen = decompose_run(
-        factors,
-        args.out,
-        mesh,
-        rules,
-        precision=args.precision,
-        site_ids=ids,
-        chunk_bytes=args.chunk_mib << 20,
-        overwrite=args.overwrite,
-    )
-    write_resolved_config(
-        eigen.directory, "decompose", args, extra={"factor_run": eigen.factor_run}
-    )
+    _ = factors.sums  # read (and check) every factor before the output directory is claimed
+    with claim(
+        args.out, "eigen", inputs=inputs, overwrite=args.overwrite, replace_needs_overwrite=True
+    ):
+        eigen = decompose_run(
+            factors,
+            args.out,
+            mesh,
+            rules,
+            precision=args.precision,
+            site_ids=ids,
+            chunk_bytes=args.chunk_mib << 20,
+            overwrite=args.overwrite,
+        )
+        write_resolved_config(
+            eigen.directory, "decompose", args, extra={"factor_run": eigen.factor_run}
+        )
     meta = eigen.metadata
     print(
         f"decomposed {len(meta['entries'])} factors of {len(meta['sites'])} layers "

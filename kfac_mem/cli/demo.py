@@ -46,8 +46,16 @@ def add_parser(sub, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     common.init_distributed(args)
     out = args.out or os.path.join("runs", f"demo-{args.preset}")
+    from kfac_mem.rundir import claim
+
+    inputs = common.path_inputs(args)
     mesh, rules = common.mesh_from_args(args)
-    common.write_resolved_config(out, "demo", args)
+    with claim(out, "demo", inputs=inputs):  # a demo run directory resumes its cached stages
+        common.write_resolved_config(out, "demo", args)
+        return _run(args, out, mesh, rules)
+
+
+def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
     if args.preset in LANGUAGE_PRESETS:
         from kfac_mem.demo.config import PRESETS
         from kfac_mem.demo.pipeline import run_demo

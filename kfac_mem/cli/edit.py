@@ -112,7 +112,12 @@ def _plan(args: argparse.Namespace, model):
         return plan_from_file(args.layers_file, sites)
     if args.rho is None:
         raise ValueError("--layers needs --rho (the value for every listed matrix).")
-    parts = [float(x) for x in str(args.rho).split(",")]
+    try:
+        parts = [float(x) for x in str(args.rho).split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--rho expects a number or lo,hi (e.g. 0.6 or 10,20), got {args.rho!r}."
+        ) from None
     value = parts[0] if len(parts) == 1 else tuple(parts)
     layers, projs = parse_layer_selection(
         args.layers, args.projections, model.config.num_layers, ("gate", "up")

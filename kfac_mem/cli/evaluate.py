@@ -9,7 +9,9 @@ from kfac_mem.cli.common import (
     add_mesh_flags,
     add_model_flags,
     init_distributed,
+    load_model,
     mesh_from_args,
+    path_inputs,
     write_resolved_config,
 )
 
@@ -102,11 +104,12 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kfac_mem.evaluation import format_table, read_memorized, run_evaluation
+    from kfac_mem.evaluation import format_table, read_memorized
     from kfac_mem.evaluation.runner import parse_suites
     from kfac_mem.evaluation.tasks import resolve_tasks
-    from models import load_pretrained
+    from kfac_mem.rundir import check_output, claim
 
+    check_output(args.out, "evaluation", inputs=path_inputs(args))
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}.")
     suites = parse_suites(args.suites)
@@ -117,16 +120,21 @@ def run(args: argparse.Namespace) -> int:
         read_memorized(path)  # fail on a malformed file before loading any model
     init_distributed(args)
     mesh, rules = mesh_from_args(args)
-    model = load_pretrained(
-        args.model, mesh=mesh, rules=rules, dtype=args.dtype, param_dtype=args.param_dtype
-    )
-    baseline = None
-    if args.baseline:
-        baseline = load_pretrained(
-            args.baseline, mesh=mesh, rules=rules, dtype=args.dtype, param_dtype=args.param_dtype
-        )
-    write_resolved_config(args.out, "evaluate", args)
-    results = run_evaluation(
+    model = load_model(args, mesh, rules)
+    baseline = load_model(args, mesh, rules, path=args.baseline) if args.baseline else None
+    out_claim = claim(args.out, "evaluation", inputs=path_inputs(args))
+    with out_claim:
+        write_resolved_config(args.out, "evaluate", args)
+        results = _evaluate(args, model, baseline, memorized, suites)
+    print(format_table(results))
+    print(f"wrote {os.path.join(args.out, 'results.json')}")
+    return 0
+
+
+def _evaluate(args, model, baseline, memorized, suites):
+    from kfac_mem.evaluation import run_evaluation
+
+    return run_evaluation(
         model,
         baseline=baseline,
         memorized=memorized,
@@ -141,6 +149,3 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         text_field=args.text_field,
     )
-    print(format_table(results))
-    print(f"wrote {os.path.join(args.out, 'results.json')}")
-    return 0

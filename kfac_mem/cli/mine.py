@@ -9,7 +9,9 @@ from kfac_mem.cli.common import (
     add_mesh_flags,
     add_model_flags,
     init_distributed,
+    load_model,
     mesh_from_args,
+    path_inputs,
     write_resolved_config,
 )
 
@@ -60,7 +62,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from kfac_mem.atomic import write_json_atomic, write_jsonl_atomic
     from kfac_mem.evaluation.mining import MiningConfig, mine
-    from models import load_pretrained
+    from kfac_mem.rundir import check_output, claim
 
     cfg = MiningConfig(
         args.prefix_len,
@@ -73,22 +75,22 @@ def run(args: argparse.Namespace) -> int:
         args.max_windows,
         args.batch_size,
     )
+    check_output(args.out, "mined", inputs=path_inputs(args))
     init_distributed(args)
     mesh, rules = mesh_from_args(args)
-    model = load_pretrained(
-        args.model, mesh=mesh, rules=rules, dtype=args.dtype, param_dtype=args.param_dtype
-    )
-    write_resolved_config(args.out, "mine", args)
+    model = load_model(args, mesh, rules)
     result = mine(model, args.corpus, cfg, text_field=args.text_field)
-    for split in ("train", "validation"):
-        write_jsonl_atomic(os.path.join(args.out, f"{split}.jsonl"), result[split])
     stats = {
         **result["stats"],
         "model": model.source,
         "fingerprint": model.fingerprint(),
         "corpus": args.corpus,
     }
-    write_json_atomic(os.path.join(args.out, "summary.json"), stats)
+    with claim(args.out, "mined", inputs=path_inputs(args)):
+        write_resolved_config(args.out, "mine", args)
+        for split in ("train", "validation"):
+            write_jsonl_atomic(os.path.join(args.out, f"{split}.jsonl"), result[split])
+        write_json_atomic(os.path.join(args.out, "summary.json"), stats)
     print(
         f"{stats['candidates']} candidate windows, {stats['memorized']} memorized, "
         f"{stats['after_dedup']} after near-duplicate removal -> {stats['train']} train / "

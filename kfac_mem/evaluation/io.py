@@ -8,6 +8,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
+from kfac_mem.validation import check_token_ids
+
 WINDOW_FIELDS = ("prefix_ids", "suffix_ids")
 
 
@@ -51,12 +55,7 @@ def _token_list(
         )
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
         raise ValueError(f"{path}:{lineno}: `{field}` must contain only integers.")
-    bad = [t for t in value if t < 0 or (vocab_size is not None and t >= vocab_size)]
-    if bad:
-        raise ValueError(
-            f"{path}:{lineno}: `{field}` has token id {bad[0]} outside the model's "
-            f"vocabulary [0, {vocab_size}); was this set mined with another tokenizer?"
-        )
+    check_token_ids(np.asarray(value, np.int64), vocab_size, f"{path}:{lineno}: `{field}`")
     return value
 
 

@@ -26,6 +26,7 @@ from kfac_mem.evaluation.perplexity import perplexity
 from kfac_mem.evaluation.recitation import recitation, summary
 from kfac_mem.evaluation.task_eval import evaluate_tasks, with_retention
 from kfac_mem.evaluation.text import windows_from_sources
+from kfac_mem.rundir import check_output
 
 SUITES = ("recitation", "perplexity", "ndcg", "tasks")
 DEFAULT_TEXTS = ("lambada",)
@@ -95,6 +96,8 @@ def run_evaluation(
       text_field: the jsonl field holding the text of held-out documents.
       log: progress printer (None = silent).
     """
+    if out_dir:
+        check_output(out_dir, "evaluation")  # new, empty or an evaluation (`kfac_mem.rundir`)
     say = log or (lambda _: None)
     chosen = parse_suites(suites)
     if baseline is None and baseline_params is not None:

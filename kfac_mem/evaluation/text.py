@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from kfac_mem.evaluation.io import iter_jsonl
+from kfac_mem.validation import check_token_ids, load_npy
 
 # name -> (package, file inside it); rows are OLMES requests (context + continuation = passage).
 BUILTIN_TEXTS = {
@@ -70,16 +71,12 @@ def iter_texts(source: str, text_field: str = "text") -> Iterator[str]:
 
 def load_token_array(path: str, vocab_size: int | None = None) -> np.ndarray:
     """A `.npy` token array [N, L] (integers in [0, vocab_size)), as int32."""
-    arr = np.load(path, allow_pickle=False)
+    arr = load_npy(path)
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(
             f"{path}: expected an integer token array [N, L], got {arr.dtype} {arr.shape}."
         )
-    if arr.size and (arr.min() < 0 or (vocab_size is not None and arr.max() >= vocab_size)):
-        raise ValueError(
-            f"{path}: token ids span [{arr.min()}, {arr.max()}] but the model's "
-            f"vocabulary is [0, {vocab_size})."
-        )
+    check_token_ids(arr, vocab_size, path)
     return arr.astype(np.int32)
 
 

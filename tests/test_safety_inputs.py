@@ -1,0 +1,239 @@
+"""Inputs are checked before any work or write, with one shared check per property; the CLI turns
+every user error into one line naming a flag that exists (exit 2), Ctrl-C into a resume hint
+(exit 130)."""
+
+import argparse
+import os
+import re
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from kfac_mem.cli import ARGUMENT_FLAGS, build_parser, flag_message
+from kfac_mem.cli import main as cli_main
+from kfac_mem.data import iter_documents, load_windows
+from kfac_mem.errors import InputError, NonFiniteError
+from kfac_mem.evaluation.io import read_memorized
+from kfac_mem.validation import check_finite_arrays, check_token_ids
+
+
+class _Tok:
+    """Byte-level tokenizer stand-in with the `tokenizers` encode API (ids = UTF-8 bytes)."""
+
+    class _Enc:
+        def __init__(self, ids):
+            self.ids = ids
+
+    def encode(self, text, add_special_tokens=False):
+        return self._Enc(list(text.encode()))
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    rc = cli_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err[-1] if err else ""
+
+
+def _bad_id_files(tmp_path):
+    neg = tmp_path / "neg.npy"
+    np.save(neg, np.array([[1, 2, -3, 4]] * 8, np.int32))
+    big = tmp_path / "big.npy"
+    np.save(big, np.array([[1, 2, 2**31 + 5, 4]] * 8, np.int64))  # wraps to negative as int32
+    over = tmp_path / "over.npy"
+    np.save(over, np.array([[1, 2, 3, 256]] * 8, np.int32))
+    return ((neg, -3), (big, 2**31 + 5), (over, 256))
+
+
+def test_token_ids_are_range_checked_before_any_cast(tmp_path):
+    for path, bad in _bad_id_files(tmp_path):
+        with pytest.raises(
+            InputError, match=rf"has token id {bad} outside .*\[0, 256\) \(row 0, position \d\)"
+        ):
+            load_windows([str(path)], vocab_size=256)
+    # The same check serves evaluate's and analyze's jsonl windows.
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prefix_ids": [1, 2], "suffix_ids": [3, 300]}\n')
+    with pytest.raises(ValueError, match=r"rows.jsonl:1: `suffix_ids` has token id 300 outside"):
+        read_memorized(str(rows), vocab_size=256)
+    check_token_ids(np.arange(256), 256, "ok")
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.zeros((2, 600), np.int32))
+    with pytest.raises(InputError, match="600 tokens exceed the model's maximum of 512"):
+        load_windows([str(wide)], max_positions=512)
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match=f"{empty}: not a readable .npy array"):
+        load_windows([str(empty)])
+    with pytest.raises(InputError, match="`max_tokens` must be >= 1, got 0"):
+        load_windows([str(wide)], max_tokens=0)
+
+
+@pytest.mark.slow
+def test_collect_cli_refuses_bad_inputs_and_writes_nothing(tmp_path, capsys):
+    """The CLI applies the checks with the model's vocabulary and positions (tiny-olmo2: 256, 4096)."""
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.zeros((8, 4097), np.int32))
+    ok = tmp_path / "ok.npy"
+    np.save(ok, np.ones((8, 8), np.int32))
+    cases = [(p, f"token id {bad}") for p, bad in _bad_id_files(tmp_path)]
+    cases += [(wide, "4097 tokens exceed the model's maximum of 4096 positions")]
+    for path, expected in cases:
+        out = tmp_path / f"run-{path.stem}"
+        argv = ["collect", "--model", "tiny-olmo2", "--data", str(path), "--out", str(out)]
+        rc, msg = run_cli([*argv, "--no-progress"], capsys)
+        assert rc == 2 and expected in msg, msg
+        assert not out.exists()  # no 0-token run left to block the corrected rerun
+    out = tmp_path / "run"
+    argv = ["collect", "--model", "tiny-olmo2", "--data", str(ok), "--out", str(out)]
+    rc, msg = run_cli([*argv, "--max-tokens", "0"], capsys)
+    assert rc == 2 and msg.endswith("--max-tokens must be >= 1, got 0.")
+    assert not out.exists()
+
+
+def test_npy_lists_and_directories_are_token_windows(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (3, 8)), rng.integers(0, 256, (5, 8))
+    d = tmp_path / "d"
+    d.mkdir()
+    np.save(d / "a.npy", a)
+    np.save(d / "b.npy", b)
+    both = load_windows([str(d / "a.npy"), str(d / "b.npy")], vocab_size=256)
+    np.testing.assert_array_equal(both.tokens, np.concatenate([a, b]))
+    from_dir = load_windows([str(d)], vocab_size=256)
+    np.testing.assert_array_equal(from_dir.tokens, both.tokens)
+    assert from_dir.fingerprint == both.fingerprint
+    (d / "notes.txt").write_text("some text")
+    with pytest.raises(InputError, match=r"mixes .npy token windows .* with text"):
+        load_windows([str(d)], tokenizer=_Tok())
+    np.save(d / "c.npy", rng.integers(0, 256, (2, 9)))
+    os.remove(d / "notes.txt")
+    with pytest.raises(InputError, match=r"c.npy: windows of length 9"):
+        load_windows([str(d)])
+
+
+def test_jsonl_nulls_and_bare_values_are_refused(tmp_path):
+    cases = {
+        '{"text": null}': r":1: `text` must be a string, got null",
+        '"bare string"': r":1: expected a JSON object with a `text` field, got a str",
+        "42": r":1: expected a JSON object .* got a int",
+        '{"body": "x"}': r":1: no `text` field",
+    }
+    for line, pattern in cases.items():
+        path = tmp_path / "c.jsonl"
+        path.write_text(line + "\n")
+        with pytest.raises(InputError, match=pattern):
+            list(iter_documents([str(path)]))
+    path.write_text('{"text": "hello world"}\n')
+    assert list(iter_documents([str(path)])) == ["hello world"]
+
+
+def test_non_finite_arrays_name_the_layer_and_artifact():
+    with pytest.raises(NonFiniteError, match=r"in eigen run E: layers.1.up.*Nothing was written"):
+        check_finite_arrays(
+            {"layers.0.up": np.ones(3), "layers.1.up": [1.0, np.inf]}, "eigen run E"
+        )
+
+
+def test_flag_values_name_the_flag(capsys, tmp_path):
+    from kfac_mem.cli.common import parse_layer_selection
+
+    with pytest.raises(InputError, match=r"^--layers expects layer indices .* got 'abc'"):
+        parse_layer_selection("abc", None, 4, ("gate",))
+    with pytest.raises(ValueError, match=r"^--layers \[7\] out of range"):
+        parse_layer_selection("7", None, 4, ("gate",))
+    out = str(tmp_path / "x")
+    with pytest.raises(SystemExit):
+        cli_main(["collect", "--model", "m", "--data", "d", "--out", out, "--seq-len", "x"])
+    assert "argument --seq-len: invalid int value" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_edit_cli_flag_values_name_the_flag(capsys, tmp_path):
+    out = str(tmp_path / "x")
+    base = ["edit", "--model", "tiny-olmo2", "--method", "svd", "--out", out]
+    for extra, flag in (
+        (["--layers", "0", "--rho", "abc"], "--rho"),
+        (["--layers", "x"], "--layers"),
+    ):
+        rc, msg = run_cli([*base, *extra, *([] if "--rho" in extra else ["--rho", "1"])], capsys)
+        assert rc == 2 and msg.startswith(f"kfac-mem edit: error: {flag} expects"), msg
+    assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_sigint_says_how_to_resume(tmp_path, capsys):
+    """A real SIGINT during a collection: one line, exit 130, nothing but a resumable run."""
+    data = tmp_path / "tok.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (65536, 16)).astype(np.int32))
+    out = tmp_path / "run"
+    argv = ["collect", "--model", "tiny-olmo2", "--data", str(data), "--mode", "empirical"]
+    argv += ["--layers", "1", "--projections", "up", "--save-every", "1", "--out", str(out)]
+    timer = threading.Timer(15.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        rc, msg = run_cli([*argv, "--no-progress"], capsys)
+    finally:
+        timer.cancel()
+    assert rc == 130 and msg == "kfac-mem collect: interrupted; rerun the same command to resume"
+    from kfac_mem.rundir import kind_of
+
+    assert kind_of(str(out)) in (None, "factors")  # interrupted before or after the first write
+
+
+def _flags_in(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    top = build_parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    out = {}
+    for name, p in sub.choices.items():
+        out[name] = p
+        for a in p._actions:  # nested subcommands (baseline bsn)
+            if isinstance(a, argparse._SubParsersAction):
+                out.update({f"{name} {n}": q for n, q in a.choices.items()})
+    return out
+
+
+def _options(p: argparse.ArgumentParser) -> set[str]:
+    opts = {o for a in p._actions for o in a.option_strings}
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for q in a.choices.values():
+                opts |= _options(q)
+    return opts
+
+
+def test_every_flag_a_message_names_exists():
+    """Walk every `--flag` in the package's source strings (messages, hints, help) and in the CLI's
+    argument-name table against the parsers: a hint must name a flag some command accepts, and
+    `kfac-mem CMD ... --flag` must name one of CMD's flags."""
+    parsers = _parsers()
+    every = {"--debug", "--help"} | set().union(*(_options(p) for p in parsers.values()))
+    for table in ARGUMENT_FLAGS.values():
+        assert set(table.values()) <= every, table
+    root = os.path.join(os.path.dirname(__file__), "..", "kfac_mem")
+    unknown, wrong_cmd = [], []
+    for r, _, files in os.walk(root):
+        for f in files:
+            if not f.endswith((".py", ".yaml")):
+                continue
+            text = open(os.path.join(r, f), encoding="utf-8").read()
+            text = re.sub(r"pip install [^`'\"\n]*", "", text)  # pip's flags, not ours
+            # Scripts with a parser of their own (python -m kfac_mem.baselines.toy) define theirs.
+            own = set(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", text))
+            for flag in _flags_in(text) - every - own:
+                unknown.append(f"{f}: {flag}")
+            for cmd, rest in re.findall(r"kfac-mem ([a-z]+(?: bsn)?)((?: [^`'\"\n]*)?)", text):
+                if cmd in parsers:
+                    for flag in _flags_in(rest) - _options(parsers[cmd]) - {"--debug", "--help"}:
+                        wrong_cmd.append(f"{f}: kfac-mem {cmd} ... {flag}")
+    assert not unknown, unknown
+    assert not wrong_cmd, wrong_cmd
+    # The mapping: library argument names become this command's flags.
+    ns = argparse.Namespace(out="x", overwrite=False, accumulate="float32")
+    msg = flag_message("`out_dir` /x: pass `overwrite`; `paths` bad; `mystery`", "collect", ns)
+    assert msg == "--out /x: pass --overwrite; --data bad; `mystery`"
