@@ -45,6 +45,7 @@ from kfac_mem.atomic import write_json_atomic
 from kfac_mem.capture import inputs_and_output_grads
 from kfac_mem.data import LabelledExamples, Windows
 from kfac_mem.head_loss import MODES
+from kfac_mem.manifest import run_manifest
 from kfac_mem.protocol import CurvatureModel
 from kfac_mem.selection import input_groups
 from kfac_mem.sharding import data_axes, logical_to_sharding
@@ -315,6 +316,7 @@ def collect(
         # kfac-jax yields reduced batch factors; with one data shard there is nothing to defer.
         config = dataclasses.replace(config, reduce="step")
     identity = run_identity(model, sites, windows, config, engine)
+    manifest = run_manifest({"labels": config.seed})
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, fstore.METADATA)
     if os.path.isfile(meta_path):
@@ -334,7 +336,7 @@ def collect(
             return fstore.FactorRun(out_dir)
     else:
         totals = zero_sums(sites, config.accumulate_dtype, shardings)
-    write_json_atomic(meta_path, {**identity, "progress": info})
+    write_json_atomic(meta_path, {**identity, "progress": info, "manifest": manifest})
 
     if config.reduce == "checkpoint":
         partial_sh = partial_shardings(sites, mesh, rules)
@@ -386,7 +388,7 @@ def collect(
         if partials is not None:
             totals, partials = fold(totals, partials)
         fstore.save_state(manager, step, totals, info)
-        write_json_atomic(meta_path, {**identity, "progress": info})
+        write_json_atomic(meta_path, {**identity, "progress": info, "manifest": manifest})
 
     for step in range(start_step, last):
         batch = global_batch(windows, step * config.batch_size, config.batch_size, batch_sh)

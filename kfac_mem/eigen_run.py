@@ -38,6 +38,7 @@ from kfac_mem.eigen import (
     stacked_eigh,
 )
 from kfac_mem.factors import FactorRun, site_from_dict, site_to_dict
+from kfac_mem.manifest import run_manifest
 from kfac_mem.treekeys import flatten, nest
 from models.partitioning import Rules
 from models.sites import LinearSite
@@ -221,6 +222,7 @@ def decompose_run(
         "convention": "M = U diag(w) U^T of the symmetrized per-position mean factor; w descending; "
         "eigenvectors are the columns of U",
         "stack_shards": shards,
+        "manifest": run_manifest(),
     }
     write_json_atomic(os.path.join(out_dir, METADATA), meta)
     return EigenRun(out_dir)

@@ -89,3 +89,25 @@ def test_across_seeds_t_interval():
     assert r["mean"] == 3.0 and r["sd"] == pytest.approx(math.sqrt(2.5))
     assert r["lo"] == pytest.approx(3 - half) and r["hi"] == pytest.approx(3 + half)
     assert stats.fmt_interval(r, "mean") == f"3.0 [{3 - half:.1f}, {3 + half:.1f}]"
+
+
+def test_run_manifest_records_versions_devices_seeds_and_commit(tmp_path):
+    import argparse
+
+    import jax
+    import yaml
+
+    from kfac_mem.cli.common import write_resolved_config
+    from kfac_mem.manifest import run_manifest
+
+    m = run_manifest({"labels": 3})
+    assert m["packages"]["jax"] == jax.__version__ and m["seeds"] == {"labels": 3}
+    assert m["jax"]["device_count"] == jax.device_count()
+    assert m["jax"]["process_count"] == jax.process_count()
+    assert m["jax"]["backend"] == jax.default_backend()
+    assert m["git"] is None or len(m["git"]["commit"]) == 40
+    args = argparse.Namespace(seed=7, split_seed=2, out=str(tmp_path))
+    with open(write_resolved_config(str(tmp_path), "mine", args)) as f:
+        doc = yaml.safe_load(f)
+    assert doc["manifest"]["seeds"] == {"seed": 7, "split_seed": 2}
+    assert doc["manifest"]["packages"]["scipy"] is not None

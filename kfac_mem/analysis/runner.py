@@ -31,6 +31,7 @@ from kfac_mem.analysis.store import ArrayWriter
 from kfac_mem.analysis.summary import ratios
 from kfac_mem.editing.selection import Spectrum
 from kfac_mem.eigen_run import EigenRun, load_eigen
+from kfac_mem.manifest import run_manifest
 from models.sites import LinearSite, get_path
 
 FORMAT = "kfac-mem-analysis-v1"
@@ -230,6 +231,7 @@ def analyze(
         "bases": result.bases,
         "sets": {name: s.describe() for name, s in example_sets.items()},
         "devices": {"count": jax.device_count(), "mesh": dict(model.mesh.shape)},
+        "manifest": run_manifest({"bootstrap": 0}),
         "warnings": warnings,
         "spectrum": spectra,
         "per_example": result.per_example,

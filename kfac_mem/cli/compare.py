@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     from kfac_mem.eigen_run import load_eigen
     from kfac_mem.evaluation.io import read_memorized
     from kfac_mem.evaluation.text import windows_from_sources
+    from kfac_mem.manifest import run_manifest
     from models import save_model
 
     for flag in ("train", "validation", "ood"):
@@ -252,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
                 )
     results["model"] = {"source": model.source, "fingerprint": model.fingerprint()}
     results["files"] = {k: getattr(args, k) for k in ("train", "validation", "ood", "eigen")}
+    results["manifest"] = run_manifest({k: v for k, v in vars(args).items() if "seed" in k})
     write_json_atomic(os.path.join(out, "results.json"), results)
     table = markdown(results)
     with open(os.path.join(out, "comparison.md"), "w", encoding="utf-8") as f:

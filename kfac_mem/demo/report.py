@@ -12,6 +12,7 @@ import numpy as np
 from kfac_mem.atomic import write_json_atomic, write_text_atomic
 from kfac_mem.demo.config import DemoConfig
 from kfac_mem.demo.skills import GROUPS
+from kfac_mem.manifest import run_manifest
 
 VARIANTS = {
     "unedited": "unedited",
@@ -152,6 +153,7 @@ def write_report(
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1),
         "devices": {"count": jax.device_count(), "platform": jax.devices()[0].platform},
+        "manifest": run_manifest({"seed": c.seed}),
         "provenance": provenance,
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

@@ -42,6 +42,7 @@ from kfac_mem.collect import CollectConfig, collect
 from kfac_mem.data import LabelledExamples, array_fingerprint
 from kfac_mem.editing import EditOptions, apply_plan, parse_plan
 from kfac_mem.eigen_run import decompose_run
+from kfac_mem.manifest import run_manifest
 from kfac_mem.selection import select_sites
 from kfac_mem.vision.data import FASHION_MNIST_DIR, ImageDataset, load_image_dataset
 from kfac_mem.vision.metrics import noise_report, predict
@@ -552,6 +553,12 @@ def build_summary(
         },
         "paper_table2": PAPER_TABLE2,
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+        "manifest": run_manifest(
+            {
+                k: getattr(config, k)
+                for k in ("data_seed", "noise_seed", "model_seed", "split_seed", "factor_seed")
+            }
+        ),
     }
 
 
