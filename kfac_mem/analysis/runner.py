@@ -179,9 +179,10 @@ def analyze(
     timing["ekfac_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    baseline = {}
+    baseline, baseline_per_example = {}, {}
     for name, s in example_sets.items():
         baseline[name], per_ex = set_loss(model, model.params, s, options.eval_batch_size)
+        baseline_per_example[name] = per_ex
         writer.create(
             f"{name}/nll",
             (len(s),),
@@ -203,6 +204,7 @@ def analyze(
         options.seed,
         options.eval_batch_size,
         say,
+        baseline_per_example,
     )
     timing["ablation_seconds"] = time.perf_counter() - t0
     writer.finalize(
@@ -246,7 +248,10 @@ def analyze(
         "row_chunks": result.row_chunks,
         "arrays": os.path.join(out_dir, "arrays"),
     }
-    report["findings"] = build_findings(report)
+    report["findings"] = build_findings(report, seed=options.seed)
+    for per_set in report["per_example"].values():  # the arrays are under arrays/ already
+        for summary in per_set.values():
+            summary.pop("values", None)
     timing["total_seconds"] = time.perf_counter() - t_start
     report["timing"] = timing
     write_report(out_dir, report, spectra_arrays, figures=options.figures)
