@@ -160,7 +160,7 @@ def run_example_pass(
     step = make_step(model, sites, config, acc_sh)
     bases_dev = place_replicated(dict(bases), mesh)
     add = jax.jit(lambda x, y: jax.tree_util.tree_map(jnp.add, x, y), donate_argnums=0)
-    ekfac_sums = zero_accumulators(sites, acc_sh) if options.ekfac else None
+    ekfac_sums = zero_accumulators(sites, acc_sh) if options.ekfac and ekfac_sets else None
     ekfac_positions = 0.0
     k_by_site = {s.id: min(options.top_k, s.d_out * s.d_in) for s in sites}
     per_example: dict[str, dict[str, Any]] = {s.id: {} for s in sites}
