@@ -51,10 +51,9 @@ def quick(model, data, sets: EvalSets, params) -> dict[str, Any]:
         f"strict_{k}": teacher_forced_strict(model, v, params) for k, v in sets.memorized.items()
     }
     out["perplexity"] = perplexity(model, sets.text, params)["perplexity"]
-    out["skill_outcomes"] = {
-        g: skill_outcomes(model, data, items, params) for g, items in sets.skills.items()
+    out["skills"] = {
+        g: skill_accuracy(model, data, items, params) for g, items in sets.skills.items()
     }
-    out["skills"] = {g: float(np.mean(v)) for g, v in out["skill_outcomes"].items()}
     return out
 
 
@@ -80,7 +79,8 @@ def full(model, data, sets: EvalSets, params, ndcg_windows: int) -> dict[str, An
     out["ndcg"] = ndcg_at_k(
         model, sets.text[:ndcg_windows], params=params, baseline_params=model.params, cache_dir=""
     )["ndcg"]
-    out["skills"] = {
-        g: skill_accuracy(model, data, items, params) for g, items in sets.skills.items()
+    out["skill_outcomes"] = {
+        g: skill_outcomes(model, data, items, params) for g, items in sets.skills.items()
     }
+    out["skills"] = {g: float(np.mean(v)) for g, v in out["skill_outcomes"].items()}
     return out

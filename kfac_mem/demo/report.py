@@ -246,8 +246,9 @@ def write_report(
         f"- strict recitation of held-out memorized windows (n = "
         f"{base['recitation'][held]['n']}): **{fmt_pct(_ci(base['recitation'][held], 'strict'))}"
         f"% -> {fmt_pct(_ci(kfac['recitation'][held], 'strict'))}%**; paired difference "
+        "(percentage points) "
         + (
-            f"{fmt_diff(paired['kfac_vs_unedited'][f'strict_{held}'])} points"
+            f"{fmt_diff(paired['kfac_vs_unedited'][f'strict_{held}'])}"
             if f"strict_{held}" in paired["kfac_vs_unedited"]
             else "n/a"
         ),
