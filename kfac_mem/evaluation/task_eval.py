@@ -379,8 +379,12 @@ def with_retention(after: dict[str, Any], before: dict[str, Any]) -> dict[str, A
         if b is not None:
             g["baseline_score"] = b["score"]
             g["retention"] = g["score"] / b["score"] if b["score"] > 0 else None
-            tasks = [(out["tasks"][t], before["tasks"].get(t)) for t in g["tasks"]]
-            if all(
+            tasks = [
+                (out["tasks"][t], before.get("tasks", {}).get(t))
+                for t in g.get("tasks", ())
+                if t in out["tasks"]
+            ]
+            if tasks and all(
                 bt is not None and "outcomes" in at and len(at["outcomes"]) == len(bt["outcomes"])
                 for at, bt in tasks
             ):
