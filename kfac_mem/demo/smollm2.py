@@ -247,7 +247,13 @@ def run_smollm2_demo(
         "sweep": rows,
         "recitation": {
             k: {
-                s: (None if v is None else {m: v[m] for m in ("strict", "loose", "mean_distance")})
+                s: (
+                    None
+                    if v is None
+                    else {
+                        m: v.get(m) for m in ("n", "strict", "loose", "mean_distance", "intervals")
+                    }
+                )
                 for s, v in r["recitation"].items()
             }
             for k, r in results.items()
