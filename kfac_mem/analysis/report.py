@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from kfac_mem.analysis.findings import fmt_effect, fmt_matrices
 from kfac_mem.atomic import write_json_atomic, write_text_atomic
 
 REPORT_JSON = "report.json"
@@ -110,14 +111,26 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], out_dir: st
         "",
     ]
     if report["findings"]:
-        md += ["## Findings (measured; compared with the paper's claim)", ""]
+        md += [
+            "## Findings (measured; compared with the paper's claim)",
+            "",
+            "Effect = set − clean, pooled over matrices (standardized mean difference; for "
+            "activation strengths the mean log ratio), with a seeded bootstrap 95% interval over "
+            "examples; the verdict is *agrees* / *contradicts* when the interval excludes 0 on "
+            "the predicted / the other side, *inconclusive* when it contains 0. Matrices: the "
+            "same rule per matrix. *descriptive*: a whole-set statistic without an interval "
+            "(count of matrices where it goes the predicted way).",
+            "",
+        ]
         md += _table(
-            ["set vs clean", "prediction of the claim", "holds in", "verdict"],
+            ["set vs clean", "prediction of the claim", "n", "effect [95%]", "matrices", "verdict"],
             [
                 [
                     f"{f['set']} vs {f['versus']}",
                     f["claim"],
-                    f"{f['holds_in']}/{f['of']}",
+                    f"{f.get('n_set', '–')} / {f.get('n_clean', '–')}",
+                    fmt_effect(f),
+                    fmt_matrices(f),
                     f"**{f['verdict']}**",
                 ]
                 for f in report["findings"]

@@ -29,8 +29,10 @@ from kfac_mem.analysis.spectrum import spectrum_summary
 from kfac_mem.analysis.step import right_singular_vectors, site_bases, to_host
 from kfac_mem.analysis.store import ArrayWriter
 from kfac_mem.analysis.summary import ratios
+from kfac_mem.data import array_fingerprint
 from kfac_mem.editing.selection import Spectrum
 from kfac_mem.eigen_run import EigenRun, load_eigen
+from kfac_mem.manifest import run_manifest
 from kfac_mem.rundir import check_output
 from models.sites import LinearSite, get_path
 
@@ -113,8 +115,10 @@ def analyze(
 
     Args:
       model: a `CurvatureModel` placed on a mesh (`models.load_pretrained(..., mesh=, rules=)`).
-      eigen: an eigen run (`kfac-mem decompose`) or its directory. EK-FAC corrected eigenvalues
-        are saved into it (unless `options.ekfac` is False).
+      eigen: an eigen run (`kfac-mem decompose`) or its directory (read only). EK-FAC corrected
+        eigenvalues (from the clean set, or from `options.ekfac_sets` when named) are saved
+        under `out_dir` (ekfac/, ekfac.json with the sets' fingerprints and the eigen run's
+        identity), for `EigenRun.use_corrected(out_dir)` / `kfac-mem edit --ekfac out_dir`.
       sets: set name -> memorized-window rows, a token array [N, L], an `ExampleSet`, or a path
         (jsonl windows, text, .npy).
       out_dir: output directory (report.json, report.md, figures/, arrays/, which
@@ -147,10 +151,12 @@ def analyze(
         clean = "clean"
     if clean is not None and clean not in example_sets:
         raise ValueError(f"--clean {clean!r} is not one of the sets {sorted(example_sets)}.")
-    ekfac_sets = options.ekfac_sets or ((clean,) if clean else tuple(example_sets))
+    # EK-FAC eigenvalues come from the clean set unless sets are named: a memorized or task set
+    # enters them only when asked for by name (`options.ekfac_sets`).
+    ekfac_sets = options.ekfac_sets or ((clean,) if clean else ())
     unknown = [s for s in ekfac_sets if s not in example_sets]
     if unknown:
-        raise ValueError(f"--ekfac-sets {unknown} are not among the sets {sorted(example_sets)}.")
+        raise ValueError(f"`ekfac_sets` {unknown} are not among the sets {sorted(example_sets)}.")
     sites = resolve_sites(model, eigen, site_ids)
     n_data = data_parallel(model)
     if options.batch_size % n_data:
@@ -178,15 +184,28 @@ def analyze(
     timing["per_example_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    set_fingerprints = {
+        n: array_fingerprint(np.asarray(example_sets[n].tokens)) for n in ekfac_sets
+    }
     ekfac_report = _ekfac(
-        model, eigen, sites, result, spectra_arrays, bands, ekfac_sets, options, out_dir
+        model,
+        eigen,
+        sites,
+        result,
+        spectra_arrays,
+        bands,
+        ekfac_sets,
+        options,
+        out_dir,
+        set_fingerprints,
     )
     timing["ekfac_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    baseline = {}
+    baseline, baseline_per_example = {}, {}
     for name, s in example_sets.items():
         baseline[name], per_ex = set_loss(model, model.params, s, options.eval_batch_size)
+        baseline_per_example[name] = per_ex
         writer.create(
             f"{name}/nll",
             (len(s),),
@@ -208,6 +227,7 @@ def analyze(
         options.seed,
         options.eval_batch_size,
         say,
+        baseline_per_example,
     )
     timing["ablation_seconds"] = time.perf_counter() - t0
     writer.finalize(
@@ -236,6 +256,7 @@ def analyze(
         "bases": result.bases,
         "sets": {name: s.describe() for name, s in example_sets.items()},
         "devices": {"count": jax.device_count(), "mesh": dict(model.mesh.shape)},
+        "manifest": run_manifest({"bootstrap": 0}),
         "warnings": warnings,
         "spectrum": spectra,
         "per_example": result.per_example,
@@ -250,7 +271,10 @@ def analyze(
         "row_chunks": result.row_chunks,
         "arrays": os.path.join(out_dir, "arrays"),
     }
-    report["findings"] = build_findings(report)
+    report["findings"] = build_findings(report, seed=options.seed)
+    for per_set in report["per_example"].values():  # the arrays are under arrays/ already
+        for summary in per_set.values():
+            summary.pop("values", None)
     timing["total_seconds"] = time.perf_counter() - t_start
     report["timing"] = timing
     write_report(out_dir, report, spectra_arrays, figures=options.figures)
@@ -276,16 +300,30 @@ def _population(model, eigen: EigenRun, sites: Sequence[LinearSite], options: An
 
 
 def _ekfac(
-    model, eigen, sites, result: PassResult, spectra_arrays, bands, ekfac_sets, options, out_dir
+    model,
+    eigen,
+    sites,
+    result: PassResult,
+    spectra_arrays,
+    bands,
+    ekfac_sets,
+    options,
+    out_dir,
+    set_fingerprints,
 ) -> dict[str, Any]:
-    """EK-FAC corrected eigenvalues: diagnostics, saved into the eigen run."""
+    """EK-FAC corrected eigenvalues: diagnostics, saved under the analysis output with their
+    provenance (sets with fingerprints, eigen run, model)."""
     report: dict[str, Any] = {
         "saved": False,
         "sets": list(ekfac_sets),
         "normalization": ekfac_mod.NORMALIZATION,
     }
     if result.ekfac_sums is None:
-        report["not_saved_because"] = "disabled (--no-ekfac)"
+        report["not_saved_because"] = (
+            "no clean set to compute them from (name one, or list the sets explicitly)"
+            if options.ekfac and not ekfac_sets
+            else "disabled (ekfac=False)"
+        )
         return report
     positions = max(result.ekfac_positions, 1.0)
     values = {sid: to_host(a) / positions for sid, a in result.ekfac_sums.items()}
@@ -301,14 +339,16 @@ def _ekfac(
     info = {
         "analysis": out_dir,
         "sets": list(ekfac_sets),
+        "set_fingerprints": set_fingerprints,
         "positions": result.ekfac_positions,
         "mode": options.mode,
         "normalization": ekfac_mod.NORMALIZATION,
         "model_fingerprint": model.fingerprint(),
     }
-    ekfac_mod.save(eigen, values, info)
+    ekfac_mod.save(eigen, values, info, out_dir)
     report["saved"] = True
-    report["path"] = os.path.join(eigen.directory, "ekfac")
+    report["path"] = out_dir
+    report["set_fingerprints"] = set_fingerprints
     return report
 
 

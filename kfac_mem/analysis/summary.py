@@ -147,6 +147,7 @@ def set_summary(
     share = np.concatenate(sc["share"]).reshape(-1, n_bands)
     band = np.concatenate(sc["band"]).reshape(-1, n_bands).astype(np.float64)
     ok = total > 0
+    positions = np.concatenate(sc["positions"]) if sc.get("positions") else None
     mean_sharp = float(np.nanmean(sharp)) if ok.any() else float("nan")
     pooled_sharp = pooled_top / pooled_total if pooled_total > 0 else float("nan")
     idio = counts.summary()
@@ -171,4 +172,30 @@ def set_summary(
         else [float("nan")] * n_bands,
         "pooled_band_share": (band.sum(0) / max(band.sum(), 1e-300)).tolist(),
         "idiosyncrasy": idio,
+        "values": None if positions is None else per_example_values(sc, positions, n_bands),
     }
+
+
+def per_example_values(sc: dict[str, list], positions: np.ndarray, n_bands: int) -> dict:
+    """Per-example arrays the findings bootstrap over (examples in set order; NaN where an
+    example has zero curvature): total curvature Σ Γ̃² and the top component Γ̃²_max, each also
+    per loss position; top-k share; participation ratio; band shares [N, bands]; band activation
+    strength per basis (mean per-token ‖P_B x_t‖) [N, bands]."""
+    total = np.concatenate(sc["total"]).astype(np.float64)
+    top = np.concatenate(sc["top"]).astype(np.float64)
+    ok = total > 0
+    per_pos = np.maximum(positions, 1.0)
+    out = {
+        "positions": positions,
+        "total": total,
+        "total_per_position": total / per_pos,
+        "top_value": np.where(ok, top, np.nan),
+        "top_value_per_position": np.where(ok, top / per_pos, np.nan),
+        "sharpness": np.concatenate(sc["sharpness"]),
+        "participation_ratio": np.concatenate(sc["pr"]),
+        "band_share": np.concatenate(sc["share"]).reshape(-1, n_bands),
+    }
+    for key in sc:
+        if key.startswith("act_"):
+            out[key] = np.concatenate(sc[key]).reshape(-1, n_bands)
+    return out

@@ -37,7 +37,7 @@ from kfac_mem.baselines.stress import StressOptions, stress_tests
 from kfac_mem.editing import EditOptions, apply_plan, parse_plan
 from kfac_mem.evaluation.ndcg import baseline_rankings, ndcg_from_topk, topk_rankings
 from kfac_mem.evaluation.perplexity import perplexity
-from kfac_mem.evaluation.recitation import recitation, summary
+from kfac_mem.evaluation.recitation import paired, recitation, summary
 
 METHODS = ("kfac", "svd", "bsn")
 SET_NAMES = ("train", "validation", "ood")
@@ -287,7 +287,9 @@ def compare(
            "setting", "matched", "perplexity", "ndcg", "recitation": {set: {n, strict, loose,
            mean_distance}}, "fit_seconds", "sweep_seconds", "candidates", "stress"}},
        "params": {method: parameter tree of the chosen setting} (not JSON; drop before saving),
-       "options", "seconds"}.
+       "paired": {"kfac_vs_bsn" | ...: {set: paired differences + McNemar}} (`paired_methods`),
+       "options", "seconds"}. Every recitation number carries n, "intervals" (95%) and per-row
+       "outcomes".
     """
     t_start = time.perf_counter()
     say = log or (lambda _: None)
@@ -327,6 +329,7 @@ def compare(
                 model, params, stress_rows, sets.text, sets.retain, options.stress
             )
         say(_line(name, res))
+    paired = paired_methods(methods)
     return {
         "target": {
             "perplexity": target,
@@ -344,8 +347,26 @@ def compare(
             if sets.retain is None
             else int(np.asarray(sets.retain).shape[0]),
         },
+        "paired": paired,
         "seconds": time.perf_counter() - t_start,
     }
+
+
+def paired_methods(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every pair of methods (first − second) on every memorized set, on the same rows: paired
+    differences of strict, loose and mean d/L with 95% intervals, exact McNemar for strict and
+    loose (`recitation.paired`). Keys "kfac_vs_bsn", ...; K-FAC first when present."""
+    order = [m for m in ("kfac", "bsn", "svd", "baseline") if m in methods]
+    order += [m for m in methods if m not in order]
+    out: dict[str, Any] = {}
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            out[f"{a}_vs_{b}"] = {
+                s: paired(methods[a]["recitation"][s], methods[b]["recitation"][s])
+                for s in methods[a]["recitation"]
+                if s in methods[b]["recitation"]
+            }
+    return out
 
 
 def _line(name: str, res: dict[str, Any]) -> str:

@@ -1,11 +1,16 @@
 """Markdown tables of a comparison: the paper's Table 1 layout and the stress tests (Table 6).
 
-Recitation is shown like the paper: strict % / loose % / mean d/L (d/L with three decimals).
+Recitation is shown like the paper: strict % / loose % / mean d/L (d/L with three decimals), each
+with its 95% interval in brackets (Wilson for strict and loose, bootstrap over rows for d/L); the
+header states each set's n. Method-versus-method statements come from `paired_table`: paired
+differences on the same rows with their 95% intervals and exact McNemar p-values.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from kfac_mem.stats import fmt_diff, fmt_interval, fmt_pct
 
 LABELS = {"baseline": "unedited", "kfac": "K-FAC", "svd": "SVD", "bsn": "BSN"}
 SET_LABELS = {"train": "memorized train", "validation": "memorized validation", "ood": "OOD"}
@@ -14,7 +19,13 @@ SET_LABELS = {"train": "memorized train", "validation": "memorized validation", 
 def _rec(r: dict[str, Any] | None) -> str:
     if not r:
         return "–"
-    return f"{100 * r['strict']:.1f} / {100 * r['loose']:.1f} / {r['mean_distance']:.3f}"
+    ci = r.get("intervals")
+    if not ci:
+        return f"{100 * r['strict']:.1f} / {100 * r['loose']:.1f} / {r['mean_distance']:.3f}"
+    return (
+        f"{fmt_pct(ci['strict'])} / {fmt_pct(ci['loose'])} / "
+        f"{fmt_interval(ci['mean_distance'], 'mean', digits=3)}"
+    )
 
 
 def _setting(s: dict[str, Any] | None) -> str:
@@ -39,7 +50,7 @@ def table1(results: dict[str, Any]) -> str:
     sets = [n for n in SET_LABELS if n in results.get("sets", {})]
     head = (
         ["method", "setting"]
-        + [f"{SET_LABELS[n]} strict / loose / d/L" for n in sets]
+        + [f"{SET_LABELS[n]} (n = {results['sets'][n]}) strict / loose / d/L" for n in sets]
         + ["perplexity", "matched", "nDCG@10", "fit (s)", "search (s)"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -100,6 +111,22 @@ def stress_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(results: dict[str, Any]) -> str:
+    """Per pair of methods and memorized set: strict and loose differences (first − second, in
+    percentage points) with 95% intervals and exact McNemar p, and the d/L difference."""
+    head = ["comparison", "set", "n", "Δ strict (pp)", "Δ loose (pp)", "Δ mean d/L"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, sets in (results.get("paired") or {}).items():
+        a, b = key.split("_vs_")
+        for s, t in sets.items():
+            lines.append(
+                f"| {LABELS.get(a, a)} − {LABELS.get(b, b)} | {SET_LABELS.get(s, s)} | "
+                f"{t['strict']['n']} | {fmt_diff(t['strict'])} | {fmt_diff(t['loose'])} | "
+                f"{fmt_diff(t['mean_distance'], 1.0, 3)} |"
+            )
+    return "\n".join(lines)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """Both tables with the matching target and the stress settings."""
     t = results["target"]
@@ -109,8 +136,17 @@ def markdown(results: dict[str, Any]) -> str:
         f"Target perplexity {t['perplexity']:.3f} = {t['ratio']:.3f} × unedited "
         f"{t['baseline_perplexity']:.3f}; matched = within ±{100 * t['tolerance']:.1f}%.",
         "",
+        "Rates in %, 95% intervals in brackets.",
+        "",
         table1(results),
     ]
+    if results.get("paired"):
+        parts += [
+            "",
+            "Paired tests on the same rows (first − second; 95% interval; exact McNemar p):",
+            "",
+            paired_table(results),
+        ]
     if any(r.get("stress") for r in results["methods"].values()):
         parts += [
             "",

@@ -9,7 +9,8 @@ from `kfac-mem mine`, text files cut into windows with the model's tokenizer, or
 windows). Measures the population spectra and ρ cuts, per-example curvature in the K-FAC eigenbasis
 (total, sharpness, participation ratio, band split, idiosyncrasy of top directions), activation
 band strengths vs the clean set in the K-FAC and SVD bases (paper Fig. 2/4), EK-FAC corrected
-eigenvalues (saved into the eigen run for `kfac-mem edit --eigenvalues ekfac`) and band ablation.
+eigenvalues (saved under --out, for `kfac-mem edit --eigenvalues ekfac --ekfac OUT`) and band
+ablation.
 Writes report.md, report.json, figures/*.png, arrays/ (tensorstore zarr) and config.yaml.
 """
 
@@ -94,12 +95,13 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-ekfac",
         action="store_true",
-        help="do not save EK-FAC corrected eigenvalues into the eigen run",
+        help="do not compute EK-FAC corrected eigenvalues (saved under --out otherwise)",
     )
     p.add_argument(
         "--ekfac-sets",
         default=None,
-        help="sets averaged into the EK-FAC eigenvalues (default: the clean set)",
+        help="sets averaged into the EK-FAC eigenvalues (default: the clean set only; a "
+        "memorized set enters them only when named here)",
     )
     p.add_argument(
         "--ablation",

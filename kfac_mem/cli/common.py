@@ -183,11 +183,15 @@ def check_finite_params(params, artifact: str) -> None:
 def write_resolved_config(
     out_dir: str, command: str, args: argparse.Namespace, extra: dict[str, Any] | None = None
 ) -> str:
-    """Write `<out_dir>/config.yaml`: every flag as resolved, the command line, devices, versions."""
+    """Write `<out_dir>/config.yaml`: every flag as resolved, the command line, devices, versions
+    and the run manifest (`kfac_mem.manifest.run_manifest`, seeds = every `*seed*` flag)."""
     import jax
+
+    from kfac_mem.manifest import run_manifest
 
     os.makedirs(out_dir, exist_ok=True)
     flags = {k: v for k, v in vars(args).items() if k not in ("run", "command") and not callable(v)}
+    seeds = {k: v for k, v in flags.items() if "seed" in k}
     doc = {
         "command": command,
         "argv": sys.argv,
@@ -198,6 +202,7 @@ def write_resolved_config(
             "processes": jax.process_count(),
         },
         "versions": {"jax": jax.__version__},
+        "manifest": run_manifest(seeds),
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if extra:

@@ -251,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
 def _write(args, out, model, results, params) -> None:
     from kfac_mem.atomic import write_json_atomic
     from kfac_mem.baselines.table import markdown
+    from kfac_mem.manifest import run_manifest
     from models import save_model
 
     if args.save_models:
@@ -265,6 +266,7 @@ def _write(args, out, model, results, params) -> None:
                 )
     results["model"] = {"source": model.source, "fingerprint": model.fingerprint()}
     results["files"] = {k: getattr(args, k) for k in ("train", "validation", "ood", "eigen")}
+    results["manifest"] = run_manifest({k: v for k, v in vars(args).items() if "seed" in k})
     write_json_atomic(os.path.join(out, "results.json"), results)
     table = markdown(results)
     with open(os.path.join(out, "comparison.md"), "w", encoding="utf-8") as f:

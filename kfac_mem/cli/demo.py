@@ -6,6 +6,8 @@ kfac-mem demo --retrain            train that model from scratch first (cached i
 kfac-mem demo --preset tiny        every stage at toy size (CI)
 kfac-mem demo --preset smollm2     the real SmolLM2-135M-Instruct, fine-tuned to memorize
 kfac-mem demo --preset vit-digits  the vision experiment (label-noise memorization)
+kfac-mem demo --preset vit-digits --seeds 0-4
+                                   the same over 5 seeds: mean, sd and 95% interval across seeds
 """
 
 from __future__ import annotations
@@ -39,11 +41,25 @@ def add_parser(sub, name: str) -> None:
         metavar="DIR",
         help="after training, write the model as a committed asset (bf16 HF dir)",
     )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="LIST",
+        help="vit-* presets: repeat every seed-dependent stage per seed (e.g. 0-4 or 0,3,7) and "
+        "report mean, sd and a 95%% interval across seeds (OUT/seeds.md)",
+    )
     common.add_mesh_flags(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seeds is not None and not args.preset.startswith("vit-"):
+        print(
+            f"kfac-mem demo: --seeds is supported for the vit-* presets only, not "
+            f"--preset {args.preset} (its model is a committed checkpoint).",
+            file=sys.stderr,
+        )
+        return 2
     common.init_distributed(args)
     out = args.out or os.path.join("runs", f"demo-{args.preset}")
     from kfac_mem.rundir import claim
@@ -86,6 +102,20 @@ def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
         from kfac_mem.demo.smollm2 import run_smollm2_demo
 
         run_smollm2_demo(out, mesh, rules, log=lambda m: print(m, flush=True))
+        return 0
+    if args.preset.startswith("vit-") and args.seeds is not None:
+        from kfac_mem.vision.seeds import parse_seeds, run_vision_seeds
+
+        run_vision_seeds(
+            args.preset,
+            parse_seeds(args.seeds),
+            out,
+            mesh,
+            rules,
+            retrain=args.retrain,
+            log=lambda m: print(m, flush=True),
+            command="kfac-mem " + " ".join(sys.argv[1:]),
+        )
         return 0
     if args.preset.startswith("vit-"):
         from kfac_mem.vision.demo import run_vision_demo

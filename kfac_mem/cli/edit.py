@@ -81,8 +81,15 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         "--eigenvalues",
         choices=("kfac", "ekfac"),
         default="kfac",
-        help="curvature per component: λ_i μ_j (kfac) or the eigen run's EK-FAC "
-        "corrected eigenvalues (ekfac)",
+        help="curvature per component: λ_i μ_j (kfac) or EK-FAC corrected eigenvalues "
+        "(ekfac; needs --ekfac)",
+    )
+    p.add_argument(
+        "--ekfac",
+        default=None,
+        metavar="ANALYSIS_DIR",
+        help="with --eigenvalues ekfac: the `kfac-mem analyze --out` directory holding the "
+        "corrected eigenvalues (computed against --eigen)",
     )
     p.add_argument(
         "--precision",
@@ -135,6 +142,22 @@ def run(args: argparse.Namespace) -> int:
     if args.method != "svd" and not args.eigen:
         raise ValueError(f"--method {args.method} needs --eigen (run `kfac-mem decompose` first).")
     eigen = load_eigen(args.eigen) if args.eigen else None
+    ekfac_info = None
+    if args.eigenvalues == "ekfac":
+        if not args.ekfac:
+            raise ValueError(
+                "--eigenvalues ekfac needs --ekfac ANALYSIS_DIR (the output of `kfac-mem analyze` "
+                "against --eigen)."
+            )
+        ekfac_info = eigen.use_corrected(args.ekfac)
+        print(
+            f"EK-FAC eigenvalues from {eigen.ekfac_directory}: sets "
+            f"{ekfac_info.get('sets')} (fingerprints {ekfac_info.get('set_fingerprints')}), "
+            f"{ekfac_info.get('positions')} loss positions, {ekfac_info.get('mode')} labels, "
+            f"model {ekfac_info.get('model_fingerprint')}"
+        )
+    elif args.ekfac:
+        raise ValueError("--ekfac is used only with --eigenvalues ekfac.")
     mesh, rules = mesh_from_args(args)
     model = load_model(args, mesh, rules)
     plan = _plan(args, model)
@@ -171,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
         },
         "method": args.method,
         "eigenvalues": args.eigenvalues,
+        "ekfac": None
+        if ekfac_info is None
+        else {"path": eigen.ekfac_directory, "provenance": ekfac_info},
         "precision": args.precision,
         "seed": args.seed,
         "plan": plan.to_json(),
@@ -181,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         edited,
         out,
         args,
-        {"edit": {k: summary[k] for k in ("method", "eigenvalues", "plan", "eigen")}},
+        {"edit": {k: summary[k] for k in ("method", "eigenvalues", "ekfac", "plan", "eigen")}},
         summary,
         "edit",
         extra={"plan": plan.to_json()},

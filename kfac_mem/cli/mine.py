@@ -49,8 +49,19 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         "exceeds this (default 0.2)",
     )
     p.add_argument("--ngram", type=int, default=5, help="n of the n-grams for deduplication")
-    p.add_argument("--val-fraction", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.5,
+        help="share of windows held out; whole documents go to one side (default 0.5)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the document-level split")
+    p.add_argument(
+        "--leak-ngram",
+        type=int,
+        default=16,
+        help="windows sharing a verbatim n-gram this long stay in one split (default 16)",
+    )
     p.add_argument("--max-windows", type=int, default=None, help="stop after N candidate windows")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -74,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         args.max_windows,
         args.batch_size,
+        args.leak_ngram,
     )
     check_output(args.out, "mined", inputs=path_inputs(args))
     init_distributed(args)

@@ -34,10 +34,15 @@ def teacher_forced_strict(model, rows: list[dict], params) -> float:
     return float(suffix_matches(model, windows, p, params, 16).all(axis=1).mean())
 
 
-def skill_accuracy(model, data, items: list[Item], params) -> float:
+def skill_outcomes(model, data, items: list[Item], params) -> list[int]:
+    """1 per item whose answer is the greedy continuation of its prompt, else 0 (item order)."""
     pairs = [([data.bos, *data.encode(it.prompt)], list(data.encode(it.answer))) for it in items]
     _, greedy = score_continuations(model, pairs, params, batch_size=32, share_prefix=False)
-    return float(np.mean(greedy))
+    return [int(g) for g in np.asarray(greedy)]
+
+
+def skill_accuracy(model, data, items: list[Item], params) -> float:
+    return float(np.mean(skill_outcomes(model, data, items, params)))
 
 
 def quick(model, data, sets: EvalSets, params) -> dict[str, Any]:
@@ -53,8 +58,9 @@ def quick(model, data, sets: EvalSets, params) -> dict[str, Any]:
 
 
 def full(model, data, sets: EvalSets, params, ndcg_windows: int) -> dict[str, Any]:
-    """Report metrics: greedy recitation (strict, loose, mean d/L + rows), perplexity, nDCG@10
-    against the unedited model, skill accuracy."""
+    """Report metrics: greedy recitation (strict, loose, mean d/L with intervals, per-row outcomes
+    and rows), perplexity, nDCG@10 against the unedited model, skill accuracy and per-item skill
+    outcomes ("skill_outcomes", for intervals and paired tests)."""
     out: dict[str, Any] = {"recitation": {}}
     for name, rows in sets.memorized.items():
         out["recitation"][name] = (
@@ -65,6 +71,7 @@ def full(model, data, sets: EvalSets, params, ndcg_windows: int) -> dict[str, An
                 "strict": float("nan"),
                 "loose": float("nan"),
                 "mean_distance": float("nan"),
+                "intervals": {},
                 "rows": [],
             }
         )
@@ -72,7 +79,8 @@ def full(model, data, sets: EvalSets, params, ndcg_windows: int) -> dict[str, An
     out["ndcg"] = ndcg_at_k(
         model, sets.text[:ndcg_windows], params=params, baseline_params=model.params, cache_dir=""
     )["ndcg"]
-    out["skills"] = {
-        g: skill_accuracy(model, data, items, params) for g, items in sets.skills.items()
+    out["skill_outcomes"] = {
+        g: skill_outcomes(model, data, items, params) for g, items in sets.skills.items()
     }
+    out["skills"] = {g: float(np.mean(v)) for g, v in out["skill_outcomes"].items()}
     return out

@@ -9,9 +9,20 @@ from typing import Any
 import jax
 import numpy as np
 
+from kfac_mem.analysis.findings import fmt_effect, fmt_matrices
 from kfac_mem.atomic import write_json_atomic, write_text_atomic
 from kfac_mem.demo.config import DemoConfig
 from kfac_mem.demo.skills import GROUPS
+from kfac_mem.manifest import run_manifest
+from kfac_mem.stats import (
+    bootstrap_ratio,
+    compare_paired,
+    fmt_diff,
+    fmt_interval,
+    fmt_pct,
+    proportion,
+    wilson,
+)
 
 VARIANTS = {
     "unedited": "unedited",
@@ -27,7 +38,46 @@ SETS = {
 
 
 def _pct(x: float) -> str:
-    return "n/a" if x != x else f"{100 * x:.1f}"
+    return "n/a" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def _ci(r: dict[str, Any], key: str) -> dict[str, Any]:
+    """The 95% interval of measure `key` of a recitation result ({} when it has none)."""
+    return (r.get("intervals") or {}).get(key) or {}
+
+
+def _retention(after: dict[str, Any], before: dict[str, Any], group: str) -> dict[str, Any]:
+    """Retention after / before of one skill group over the same items, bootstrap 95% interval."""
+    return bootstrap_ratio(after["skill_outcomes"][group], before["skill_outcomes"][group])
+
+
+def paired_tests(results: dict[str, Any]) -> dict[str, Any]:
+    """K-FAC against every other variant on the same examples: strict recitation per memorized
+    set and accuracy per skill group, as paired differences (K-FAC − other) with 95% intervals
+    and exact McNemar (`stats.compare_paired`)."""
+    kfac = results["kfac"]
+    out: dict[str, Any] = {}
+    for name, r in results.items():
+        if name == "kfac":
+            continue
+        tests = {}
+        for s in SETS:
+            a, b = kfac["recitation"][s].get("outcomes"), r["recitation"][s].get("outcomes")
+            if a and b:
+                tests[f"strict_{s}"] = compare_paired(a["strict"], b["strict"])
+        for g in GROUPS:
+            tests[f"accuracy_{g}"] = compare_paired(
+                kfac["skill_outcomes"][g], r["skill_outcomes"][g]
+            )
+        out[f"kfac_vs_{name}"] = tests
+    return out
+
+
+def _strict_with_ci(rate: float, n: int) -> str:
+    if n == 0 or rate != rate:
+        return "n/a"
+    lo, hi = wilson(round(rate * n), n)
+    return f"{_pct(rate)} [{_pct(lo)}, {_pct(hi)}]"
 
 
 def _figures(out_dir: str, rows, chosen, results) -> list[str]:
@@ -110,6 +160,13 @@ def write_report(
         g: (kfac["skills"][g] / base["skills"][g] if base["skills"][g] else float("nan"))
         for g in GROUPS
     }
+    retention_ci = {
+        name: {g: _retention(r, base, g) for g in GROUPS}
+        for name, r in results.items()
+        if name != "unedited"
+    }
+    paired = paired_tests(results)
+    held = "memorized_validation"
     strict_before = base["recitation"]["memorized_validation"]["strict"]
     strict_after = kfac["recitation"]["memorized_validation"]["strict"]
     ppl_before = base["perplexity"]["perplexity"]
@@ -127,6 +184,12 @@ def write_report(
         "perplexity_before": ppl_before,
         "perplexity_after": ppl_after,
         "retention": retention,
+        "intervals": {
+            "recitation_strict_before": _ci(base["recitation"][held], "strict"),
+            "recitation_strict_after": _ci(kfac["recitation"][held], "strict"),
+            "retention": retention_ci["kfac"],
+        },
+        "paired_tests": paired,
         "chosen": {k: chosen[k] for k in ("layers", "projections", "rho", "feasible")},
         "svd_drop": chosen.get("svd_drop"),
         "targets": targets,
@@ -134,12 +197,21 @@ def write_report(
         "table1": {
             name: {
                 **{
-                    s: {k: r["recitation"][s][k] for k in ("strict", "loose", "mean_distance")}
+                    s: {
+                        **{
+                            k: r["recitation"][s][k]
+                            for k in ("n", "strict", "loose", "mean_distance")
+                        },
+                        "intervals": r["recitation"][s].get("intervals", {}),
+                    }
                     for s in SETS
                 },
                 "perplexity": r["perplexity"]["perplexity"],
                 "ndcg@10": r["ndcg"],
                 "skills": r["skills"],
+                "skill_n": {g: len(v) for g, v in r["skill_outcomes"].items()},
+                "skill_intervals": {g: proportion(v) for g, v in r["skill_outcomes"].items()},
+                **({"retention": retention_ci[name]} if name in retention_ci else {}),
             }
             for name, r in results.items()
         },
@@ -152,6 +224,7 @@ def write_report(
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1),
         "devices": {"count": jax.device_count(), "platform": jax.devices()[0].platform},
+        "manifest": run_manifest({"seed": c.seed}),
         "provenance": provenance,
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
@@ -165,12 +238,28 @@ def write_report(
         "",
         "## Outcome",
         "",
-        f"- strict recitation of held-out memorized windows: **{_pct(strict_before)}% -> "
-        f"{_pct(strict_after)}%**",
+        "Every rate is a percentage with its 95% interval in brackets (Wilson for shares, seeded "
+        "bootstrap over examples for means and retentions) and its n; K-FAC-versus-other "
+        "statements use paired tests on the same examples (difference with its 95% interval, "
+        "exact McNemar p).",
+        "",
+        f"- strict recitation of held-out memorized windows (n = "
+        f"{base['recitation'][held]['n']}): **{fmt_pct(_ci(base['recitation'][held], 'strict'))}"
+        f"% -> {fmt_pct(_ci(kfac['recitation'][held], 'strict'))}%**; paired difference "
+        "(percentage points) "
+        + (
+            f"{fmt_diff(paired['kfac_vs_unedited'][f'strict_{held}'])}"
+            if f"strict_{held}" in paired["kfac_vs_unedited"]
+            else "n/a"
+        ),
         f"- held-out perplexity: **{ppl_before:.2f} -> {ppl_after:.2f}** "
         f"({100 * (ppl_after / ppl_before - 1):+.1f}%)",
-        "- task-group retention (after / before): "
-        + ", ".join(f"{g} {_pct(v)}%" for g, v in retention.items()),
+        "- task-group retention (after / before, same items): "
+        + ", ".join(
+            f"{g} {fmt_interval(retention_ci['kfac'][g], 'ratio', 100.0)}% "
+            f"(n = {retention_ci['kfac'][g]['n']})"
+            for g in GROUPS
+        ),
         f"- chosen edit: layers {chosen['layers']}, {'+'.join(chosen['projections'])}, ρ = {chosen['rho']}"
         + (
             ""
@@ -183,14 +272,18 @@ def write_report(
         "## Table 1 layout (report splits)",
         "",
         "| model | "
-        + " | ".join(f"{v} strict / loose / mean d/L" for v in SETS.values())
+        + " | ".join(
+            f"{v} (n = {base['recitation'][s]['n']}) strict / loose / mean d/L"
+            for s, v in SETS.items()
+        )
         + " | perplexity | nDCG@10 |",
         "|---|" + "---|" * (len(SETS) + 2),
     ]
     for name, r in results.items():
         cells = [
-            f"{_pct(r['recitation'][s]['strict'])} / {_pct(r['recitation'][s]['loose'])} / "
-            f"{r['recitation'][s]['mean_distance']:.3f}"
+            f"{fmt_pct(_ci(r['recitation'][s], 'strict'))} / "
+            f"{fmt_pct(_ci(r['recitation'][s], 'loose'))} / "
+            f"{fmt_interval(_ci(r['recitation'][s], 'mean_distance'), 'mean', digits=3)}"
             for s in SETS
         ]
         lines.append(
@@ -204,29 +297,45 @@ def write_report(
         "the same matrices (closest selection perplexity to the K-FAC edit); the random-basis "
         "control keeps the K-FAC edit's number of components in Haar-random bases.",
         "",
-        "## Task groups (accuracy, report split; retention = after / before)",
+        "## Task groups (accuracy, report split; retention = after / before, in parentheses)",
         "",
-        "| group | " + " | ".join(VARIANTS.get(n, n) for n in results) + " |",
-        "|---|" + "---|" * len(results),
+        "| group | n | " + " | ".join(VARIANTS.get(n, n) for n in results) + " |",
+        "|---|---|" + "---|" * len(results),
     ]
     for g in GROUPS:
         cells = []
         for name, r in results.items():
-            acc = r["skills"][g]
             cells.append(
-                _pct(acc)
+                fmt_pct(proportion(r["skill_outcomes"][g]))
                 + (
                     ""
                     if name == "unedited"
-                    else f" ({_pct(acc / base['skills'][g]) if base['skills'][g] else 'n/a'}%)"
+                    else f" ({fmt_interval(retention_ci[name][g], 'ratio', 100.0)})"
                 )
             )
-        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {g} | {len(base['skill_outcomes'][g])} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Paired tests (K-FAC − other, same examples; percentage points, 95% interval, "
+        "exact McNemar p)",
+        "",
+        "| measure | n | " + " | ".join(f"vs {VARIANTS.get(n[8:], n[8:])}" for n in paired) + " |",
+        "|---|---|" + "---|" * len(paired),
+    ]
+    for key in next(iter(paired.values()), {}):
+        n = next(iter(paired.values()))[key]["n"]
+        label = f"strict, {SETS[key[7:]]}" if key.startswith("strict_") else f"accuracy, {key[9:]}"
+        lines.append(
+            f"| {label} | {n} | " + " | ".join(fmt_diff(t[key]) for t in paired.values()) + " |"
+        )
     lines += [
         "",
         "![removal and retention](figures/removal_and_retention.png)",
         "",
         "## Sweep (selection splits)",
+        "",
+        f"Selection-split point estimates; strict recitation of the memorized train split "
+        f"(n = {len(mem['train'])}) with its Wilson 95% interval.",
         "",
         "| layers | matrices | ρ | strict (mem. train) | ppl ratio | "
         + " | ".join(f"{g} ret." for g in GROUPS)
@@ -242,9 +351,8 @@ def write_report(
         )
         lines.append(
             f"| {r['layers']}{mark} | {'+'.join(r['projections'])} | {r['rho']} | "
-            f"{_pct(r['strict_memorized_train'])} | {r['ppl_ratio']:.3f} | "
-            + " | ".join(_pct(r["retention"][g]) for g in GROUPS)
-            + " |"
+            f"{_strict_with_ci(r['strict_memorized_train'], len(mem['train']))} | "
+            f"{r['ppl_ratio']:.3f} | " + " | ".join(_pct(r["retention"][g]) for g in GROUPS) + " |"
         )
     lines += [
         "",
@@ -284,12 +392,16 @@ def write_report(
             "Each prediction of the sharp-vs-flat picture, checked against clean held-out text "
             "in every analyzed matrix (measured, not assumed):",
             "",
-            "| set | prediction | holds in | verdict |",
-            "|---|---|---|---|",
+            "Effect = set − clean pooled over matrices with its bootstrap 95% interval over "
+            "examples (see the analysis report); the verdict follows the interval.",
+            "",
+            "| set | prediction | n (set / clean) | effect [95%] | matrices | verdict |",
+            "|---|---|---|---|---|---|",
         ]
         for f in findings:
             lines.append(
-                f"| {f['set']} | {f['claim']} | {f['holds_in']}/{f['of']} | {f['verdict']} |"
+                f"| {f['set']} | {f['claim']} | {f.get('n_set', '–')} / {f.get('n_clean', '–')} "
+                f"| {fmt_effect(f)} | {fmt_matrices(f)} | {f['verdict']} |"
             )
     lines += [
         "",

@@ -27,6 +27,7 @@ from kfac_mem.demo.pipeline import Stages, mine_set
 from kfac_mem.editing import EditOptions, apply_plan, parse_plan
 from kfac_mem.eigen_run import decompose_run
 from kfac_mem.evaluation import evaluate_tasks, perplexity, recitation, with_retention
+from kfac_mem.manifest import run_manifest
 from kfac_mem.selection import select_sites
 from kfac_mem.training import TrainConfig, train
 from models import load_pretrained, save_model
@@ -246,7 +247,13 @@ def run_smollm2_demo(
         "sweep": rows,
         "recitation": {
             k: {
-                s: (None if v is None else {m: v[m] for m in ("strict", "loose", "mean_distance")})
+                s: (
+                    None
+                    if v is None
+                    else {
+                        m: v.get(m) for m in ("n", "strict", "loose", "mean_distance", "intervals")
+                    }
+                )
                 for s, v in r["recitation"].items()
             }
             for k, r in results.items()
@@ -256,6 +263,7 @@ def run_smollm2_demo(
         "edit_report": edit_report,
         "stage_seconds": stage.seconds,
         "config": dataclasses.asdict(c),
+        "manifest": run_manifest({"seed": c.seed}),
     }
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     log(f"summary: {os.path.join(out_dir, 'summary.json')}")

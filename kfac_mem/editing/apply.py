@@ -35,7 +35,8 @@ class EditOptions:
     Attributes:
       method: kfac (curvature mass), svd (truncation), band (remove a Π percentile band), random
         (the kfac/band kept set in Haar-random orthogonal bases).
-      eigenvalues: kfac (Π = λ μᵀ) or ekfac (corrected eigenvalues stored in the eigen run).
+      eigenvalues: kfac (Π = λ μᵀ) or ekfac (EK-FAC corrected eigenvalues; the eigen run reads
+        them from an analysis output after `EigenRun.use_corrected(dir)`).
       precision: working dtype of the reconstruction, float32 or float64.
       seed: random-basis seed (folded with each layer id).
       compute_rank: report the numerical rank of each edited matrix (one SVD per matrix).

@@ -4,8 +4,11 @@ Candidate windows [prefix P | suffix S] are cut from each tokenized document eve
 (never across documents). A window is memorized when, teacher-forced on the true tokens, the
 model's argmax prediction equals every suffix token. Near-duplicates are then dropped greedily in
 corpus order (a window is dropped when the Jaccard similarity of its token n-gram set with an
-already kept window exceeds `max_jaccard`), and the rest is split into train and validation by a
-seeded permutation.
+already kept window exceeds `max_jaccard`), and the rest is split into train and validation by
+*document*: windows of one source document, and windows that share a verbatim `leak_ngram`-gram
+(16 tokens by default) even across documents, form one group, and a seeded permutation of the
+groups fills the validation split. So no document and no 16-gram is in both splits, and a
+held-out window is never a shifted copy of a training one.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ class MiningConfig:
     seed: int = 0
     max_windows: int | None = None  # stop after this many candidate windows
     batch_size: int = 16
+    leak_ngram: int = 16  # windows sharing a verbatim n-gram this long stay in one split
 
     def __post_init__(self):
-        for name in ("prefix_len", "suffix_len", "stride", "ngram", "batch_size"):
+        for name in ("prefix_len", "suffix_len", "stride", "ngram", "batch_size", "leak_ngram"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if not 0.0 <= self.max_jaccard <= 1.0:
@@ -115,11 +119,60 @@ def drop_near_duplicates(
     return kept
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) positions 0..n-1 from a seeded permutation; each part sorted."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = round(n * val_fraction)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+def split_groups(
+    windows: Sequence[np.ndarray], documents: Sequence[Any], ngram: int = 16
+) -> np.ndarray:
+    """Group label int [N] per window: windows of one document, or sharing a verbatim `ngram`-gram,
+    are in one group (union-find, transitively). Labels are 0..G-1 in order of first window."""
+    parent = list(range(len(windows)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+
+    first: dict[Any, int] = {}
+    for i, (w, doc) in enumerate(zip(windows, documents)):
+        union(i, first.setdefault(("doc", doc), i))
+        for g in _ngrams(np.asarray(w), ngram):
+            union(i, first.setdefault(g, i))
+    roots = [find(i) for i in range(len(windows))]
+    labels: dict[int, int] = {}
+    return np.asarray([labels.setdefault(r, len(labels)) for r in roots], np.int64)
+
+
+def split_by_document(
+    windows: Sequence[np.ndarray],
+    documents: Sequence[Any],
+    val_fraction: float,
+    seed: int,
+    ngram: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) positions 0..N-1 with whole groups (`split_groups`) on one side.
+
+    A seeded permutation of the groups is walked and groups go to validation until it holds at
+    least round(N · val_fraction) windows (it may exceed that by less than one group).
+    """
+    n = len(windows)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    labels = split_groups(windows, documents, ngram)
+    target = round(n * val_fraction)
+    members = [np.flatnonzero(labels == g) for g in range(labels.max() + 1)]
+    val: list[int] = []
+    for g in np.random.default_rng(seed).permutation(len(members)):
+        if len(val) >= target:
+            break
+        val.extend(members[g].tolist())
+    in_val = np.zeros(n, bool)
+    in_val[val] = True
+    return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
 
 def mine_windows(
@@ -148,7 +201,10 @@ def mine_windows(
         int(memorized[i])
         for i in drop_near_duplicates(windows[memorized], cfg.max_jaccard, cfg.ngram)
     ]
-    train, val = split_indices(len(kept), cfg.val_fraction, cfg.seed)
+    documents = [provenance[i][:2] for i in kept]  # (source, document index)
+    train, val = split_by_document(
+        windows[kept], documents, cfg.val_fraction, cfg.seed, cfg.leak_ngram
+    )
     tok = model.tokenizer
 
     def row(i: int, split: str) -> dict[str, Any]:
@@ -167,6 +223,9 @@ def mine_windows(
         "after_dedup": len(kept),
         "train": int(train.size),
         "validation": int(val.size),
+        "split_unit": f"document (and shared {cfg.leak_ngram}-grams)",
+        "documents_train": len({documents[j] for j in train}),
+        "documents_validation": len({documents[j] for j in val}),
         "mean_suffix_match": float(hits.mean()) if hits.size else 0.0,
         **dataclasses.asdict(cfg),
     }

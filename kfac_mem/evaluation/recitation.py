@@ -7,6 +7,7 @@ from typing import Any
 
 from kfac_mem.evaluation.batching import length_bucket, round_batch
 from kfac_mem.evaluation.levenshtein import recitation_match
+from kfac_mem.stats import bootstrap_mean, compare_paired, proportion
 
 # Row fields carried into the per-example output as provenance (when present).
 PROVENANCE_FIELDS = ("id", "line", "corpus", "source", "doc_index", "start", "split")
@@ -39,7 +40,10 @@ def recitation(
     Returns:
       {"n", "strict", "loose", "mean_distance"} with fractions in [0, 1]: strict = share of rows
       whose generation equals the suffix (d = 0); loose = share with 1 − d/L ≥ 0.75; mean_distance
-      = mean of d/L (d: token-level Levenshtein distance, L: suffix length). With `include_rows`,
+      = mean of d/L (d: token-level Levenshtein distance, L: suffix length). "intervals": the
+      95% interval of each (Wilson for strict/loose, seeded bootstrap over rows for mean d/L);
+      "outcomes": the per-row strict, loose (0/1) and d/L lists, in row order, for paired
+      tests against another model on the same rows (`paired`). With `include_rows`,
       "rows": per example the distance, flags, generated ids and the decoded prefix, true suffix and
       generated text.
     """
@@ -63,13 +67,13 @@ def recitation(
         bucket=bucket,
     )
     tok = model.tokenizer
-    per_row, strict, loose, dist = [], 0, 0, 0.0
+    per_row, strict, loose, dist = [], [], [], []
     for i, (row, suffix) in enumerate(zip(rows, suffixes)):
         gen = generated[i, : len(suffix)].tolist()
         d, norm, is_strict, is_loose = recitation_match(gen, suffix)
-        strict += is_strict
-        loose += is_loose
-        dist += norm
+        strict.append(int(is_strict))
+        loose.append(int(is_loose))
+        dist.append(float(norm))
         if include_rows:
             out = {
                 "index": i,
@@ -87,16 +91,45 @@ def recitation(
                     generated_text=_decode(tok, gen),
                 )
             per_row.append(out)
-    n = len(rows)
-    result: dict[str, Any] = {
-        "n": n,
-        "strict": strict / n,
-        "loose": loose / n,
-        "mean_distance": dist / n,
-    }
+    result = summarize_outcomes({"strict": strict, "loose": loose, "normalized_distance": dist})
     if include_rows:
         result["rows"] = per_row
     return result
+
+
+def summarize_outcomes(outcomes: dict[str, list]) -> dict[str, Any]:
+    """The aggregate numbers of per-row outcomes {"strict", "loose", "normalized_distance"}:
+    {"n", "strict", "loose", "mean_distance", "intervals", "outcomes"} (see `recitation`)."""
+    strict, loose, dist = (outcomes[k] for k in ("strict", "loose", "normalized_distance"))
+    n = len(strict)
+    if n == 0:
+        nan = float("nan")
+        return {"n": 0, "strict": nan, "loose": nan, "mean_distance": nan, "intervals": {}}
+    return {
+        "n": n,
+        "strict": sum(strict) / n,
+        "loose": sum(loose) / n,
+        "mean_distance": sum(dist) / n,
+        "intervals": {
+            "strict": proportion(strict),
+            "loose": proportion(loose),
+            "mean_distance": bootstrap_mean(dist),
+        },
+        "outcomes": {"strict": list(strict), "loose": list(loose), "normalized_distance": dist},
+    }
+
+
+def paired(result: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """`result` − `other` on the same rows, per measure: the paired difference with its 95%
+    interval, and exact McNemar for strict and loose (`stats.compare_paired`)."""
+    a, b = result.get("outcomes"), other.get("outcomes")
+    if not a or not b or len(a["strict"]) != len(b["strict"]):
+        raise ValueError("paired() needs the per-row outcomes of both results on the same rows.")
+    return {
+        "strict": compare_paired(a["strict"], b["strict"]),
+        "loose": compare_paired(a["loose"], b["loose"]),
+        "mean_distance": compare_paired(a["normalized_distance"], b["normalized_distance"]),
+    }
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:

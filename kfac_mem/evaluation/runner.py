@@ -3,12 +3,18 @@
 Layout of the returned dict (and of `<out_dir>/results.json`):
 
     model / baseline        {"source", "fingerprint"} (baseline None without one)
-    recitation[NAME]        {"n", "strict", "loose", "mean_distance", "rows", "file",
-                             "baseline": {...same numbers...}}   fractions in [0, 1]
+    recitation[NAME]        {"n", "strict", "loose", "mean_distance", "intervals", "outcomes",
+                             "rows", "file", "baseline": {...same numbers...},
+                             "vs_baseline": paired differences + exact McNemar}  fractions in [0, 1]
     perplexity[TEXT]        {"perplexity", "nll", "tokens", ..., "baseline": {...}}
     ndcg[TEXT]              {"ndcg", "k", "positions", "baseline_fingerprint", "cache"}
-    tasks                   {"tasks": {name: {..., "score", "baseline_score", "retention"}},
-                             "groups": {group: {"score", "baseline_score", "retention"}}}
+    tasks                   {"tasks": {name: {..., "score", "interval", "baseline_score",
+                             "retention", "retention_interval", "vs_baseline"}},
+                             "groups": {group: {"score", "baseline_score", "retention", ...}}}
+
+Every rate carries n and a 95% interval (`kfac_mem.stats`): Wilson for shares, a seeded bootstrap
+over examples for means and retentions; model-vs-baseline differences on the same examples carry
+the paired interval of the difference and the exact McNemar p-value.
     timing                  seconds per suite; skipped: {suite: reason}
 """
 
@@ -23,10 +29,12 @@ from kfac_mem.atomic import write_json_atomic, write_jsonl_atomic
 from kfac_mem.evaluation.io import read_memorized
 from kfac_mem.evaluation.ndcg import ndcg_at_k
 from kfac_mem.evaluation.perplexity import perplexity
-from kfac_mem.evaluation.recitation import recitation, summary
+from kfac_mem.evaluation.recitation import paired, recitation, summary
 from kfac_mem.evaluation.task_eval import evaluate_tasks, with_retention
 from kfac_mem.evaluation.text import windows_from_sources
+from kfac_mem.manifest import run_manifest
 from kfac_mem.rundir import check_output
+from kfac_mem.stats import fmt_diff, fmt_interval
 
 SUITES = ("recitation", "perplexity", "ndcg", "tasks")
 DEFAULT_TEXTS = ("lambada",)
@@ -109,6 +117,7 @@ def run_evaluation(
         "baseline": None if baseline is None else _describe(baseline, baseline_params),
         "suites": chosen,
         "limit": limit,
+        "manifest": run_manifest(),
         "timing": {},
         "skipped": {},
     }
@@ -143,9 +152,13 @@ def run_evaluation(
                                 baseline, rows, baseline_params, batch_size, include_rows=False
                             )
                         )
+                        res["vs_baseline"] = paired(res, res["baseline"])
+                    ci = res["intervals"]
                     say(
-                        f"  {name}: strict {res['strict']:.3f}  loose {res['loose']:.3f}  "
-                        f"mean d/L {res['mean_distance']:.3f}  (n={res['n']})"
+                        f"  {name}: strict {fmt_interval(ci['strict'], 'rate', digits=3)}  "
+                        f"loose {fmt_interval(ci['loose'], 'rate', digits=3)}  "
+                        f"mean d/L {fmt_interval(ci['mean_distance'], 'mean', digits=3)}  "
+                        f"(n={res['n']}, 95% intervals)"
                     )
                     out[name] = res
                 return out
@@ -227,6 +240,21 @@ def run_evaluation(
     return results
 
 
+def _retention(r: dict[str, Any]) -> str:
+    """ "  retention 0.950 [0.800, 1.100] (chance-corrected ...)" of a task or group row."""
+    if r.get("retention") is None:
+        return ""
+    text = "  retention " + (
+        fmt_interval(r["retention_interval"], "ratio", digits=3)
+        if r.get("retention_interval")
+        else f"{r['retention']:.3f}"
+    )
+    cc = r.get("chance_corrected_retention")
+    if cc and cc.get("ratio") is not None:
+        text += f"  chance-corrected {fmt_interval(cc, 'ratio', digits=3)}"
+    return text
+
+
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text summary table of a `run_evaluation` result."""
     lines = []
@@ -235,12 +263,21 @@ def format_table(results: dict[str, Any]) -> str:
         b = r.get("baseline")
         return f"  (baseline {b[key]:.3f})" if isinstance(b, dict) and key in b else ""
 
+    def ci(r: dict, key: str, field: str) -> str:
+        return fmt_interval((r.get("intervals") or {}).get(key) or {}, field, digits=3)
+
     for name, r in results.get("recitation", {}).items():
         lines.append(
-            f"recitation  {name:28s} strict {r['strict']:.3f}{base(r, 'strict')}  "
-            f"loose {r['loose']:.3f}{base(r, 'loose')}  mean d/L {r['mean_distance']:.3f}"
-            f"  n={r['n']}"
+            f"recitation  {name:28s} strict {ci(r, 'strict', 'rate')}{base(r, 'strict')}  "
+            f"loose {ci(r, 'loose', 'rate')}{base(r, 'loose')}  "
+            f"mean d/L {ci(r, 'mean_distance', 'mean')}  n={r['n']}"
         )
+        if "vs_baseline" in r:
+            v = r["vs_baseline"]
+            lines.append(
+                f"  vs baseline {name:26s} strict {fmt_diff(v['strict'], 1.0, 3)}; "
+                f"loose {fmt_diff(v['loose'], 1.0, 3)}"
+            )
     for name, r in results.get("perplexity", {}).items():
         lines.append(
             f"perplexity  {name:28s} {r['perplexity']:.3f}{base(r, 'perplexity')}  "
@@ -252,14 +289,20 @@ def format_table(results: dict[str, Any]) -> str:
     if tasks:
         for name, r in tasks["tasks"].items():
             extra = f"  chance {r['chance']:.3f}" if "chance" in r else ""
-            ret = f"  retention {r['retention']:.3f}" if r.get("retention") is not None else ""
+            score = (
+                fmt_interval(r["interval"], "rate", digits=3)
+                if "interval" in r
+                else f"{r['score']:.3f}"
+            )
             lines.append(
-                f"task        {name:28s} {r['metric']:14s} {r['score']:.3f}{extra}{ret}"
-                f"  [{r['group']}, n={r['n']}]"
+                f"task        {name:28s} {r['metric']:14s} {score}"
+                f"{extra}{_retention(r)}  [{r['group']}, n={r['n']}]"
             )
         for name, r in tasks["groups"].items():
-            ret = f"  retention {r['retention']:.3f}" if r.get("retention") is not None else ""
-            lines.append(f"group       {name:28s} {'mean':14s} {r['score']:.3f}{ret}")
+            lines.append(
+                f"group       {name:28s} {'mean':14s} {r['score']:.3f}{_retention(r)}"
+                f"  [n={r.get('n', '?')}]"
+            )
     for suite, seconds in results.get("timing", {}).items():
         lines.append(f"time        {suite:28s} {seconds:.1f}s")
     for suite, why in results.get("skipped", {}).items():

@@ -32,6 +32,7 @@ from kfac_mem.evaluation.tasks import (
     load_examples,
     resolve_tasks,
 )
+from kfac_mem.stats import bootstrap_ratio, compare_paired, proportion, stratified_ratio
 
 
 def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -175,6 +176,7 @@ def _choice_task(
     )
     hits = {"raw": 0, "per_token": 0, "per_char": 0}
     chance, shown, k = 0.0, [], 0
+    outcomes, chances = [], []
     for e in examples:
         n = len(e.requests)
         lp = logp[k : k + n]
@@ -188,6 +190,8 @@ def _choice_task(
         for key, p in preds.items():
             hits[key] += p == e.gold
         chance += 1.0 / n
+        outcomes.append(int(preds[spec.normalization] == e.gold))
+        chances.append(1.0 / n)
         if len(shown) < samples:
             shown.append(
                 {
@@ -205,6 +209,8 @@ def _choice_task(
         "score": hits[spec.normalization] / n,
         "chance": chance / n,
         **{f"acc_{key}": v / n for key, v in hits.items()},
+        "outcomes": outcomes,
+        "chances": chances,
         "samples": shown,
     }
 
@@ -232,11 +238,12 @@ def _exact_match_task(
         if eos is not None and eos in ids:
             ids = ids[: ids.index(eos)]
         texts.append(tok.decode(ids, skip_special_tokens=True))
-    correct, shown = 0, []
+    correct, shown, outcomes = 0, [], []
     for e, text in zip(examples, texts):
         answer = cut_at_stop(text, spec.stop).strip()
         ok = is_correct(spec, answer, e.answers)
         correct += ok
+        outcomes.append(int(ok))
         if len(shown) < samples:
             shown.append(
                 {
@@ -250,6 +257,7 @@ def _exact_match_task(
     return {
         "score": correct / len(examples),
         "exact_match": correct / len(examples),
+        "outcomes": outcomes,
         "samples": shown,
     }
 
@@ -263,7 +271,9 @@ def evaluate_task(
     max_length: int | None = None,
     samples: int = 3,
 ) -> dict[str, Any]:
-    """Score one task: {"group", "metric", "score", "n", "seconds", ... metric details, "samples"}."""
+    """Score one task: {"group", "metric", "score", "interval" (Wilson 95%), "n", "seconds", ...
+    metric details, "outcomes" (0/1 per example, in file order; "chances" = 1 / choices for
+    multiple choice), "samples"}."""
     if model.tokenizer is None:
         raise ValueError(
             f"Task `{spec.name}` needs the model's tokenizer, but this model has none "
@@ -278,6 +288,7 @@ def evaluate_task(
         "group": spec.group,
         "metric": spec.metric,
         "n": len(examples),
+        "interval": proportion(out["outcomes"]),
         "num_shots": spec.num_shots,
         **out,
         "seconds": time.perf_counter() - t0,
@@ -285,7 +296,7 @@ def evaluate_task(
 
 
 def group_scores(task_results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per group: the mean score of its evaluated tasks and their names."""
+    """Per group: the mean score of its evaluated tasks, their names and the examples they hold."""
     groups = {}
     for g in GROUPS:
         names = [n for n, r in task_results.items() if r["group"] == g]
@@ -293,6 +304,7 @@ def group_scores(task_results: dict[str, dict[str, Any]]) -> dict[str, dict[str,
             groups[g] = {
                 "score": float(np.mean([task_results[n]["score"] for n in names])),
                 "tasks": names,
+                "n": int(sum(task_results[n]["n"] for n in names)),
             }
     return groups
 
@@ -334,16 +346,50 @@ def evaluate_tasks(
     return {"tasks": results, "groups": group_scores(results)}
 
 
+def _above_chance(r: dict[str, Any]) -> np.ndarray:
+    return np.asarray(r["outcomes"], np.float64) - np.asarray(r["chances"], np.float64)
+
+
 def with_retention(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
-    """`after` (an `evaluate_tasks` result) with `baseline_score` and `retention` = after / before
-    added to every task and group that `before` also has (retention None when before is 0)."""
+    """`after` (an `evaluate_tasks` result) with, for every task and group `before` also has:
+    `baseline_score`, `retention` = after / before (None when before is 0) and its 95% interval
+    (`retention_interval`, seeded bootstrap over the same examples; stratified by task for a
+    group). Tasks also get `vs_baseline` (paired difference after − before with its interval and
+    exact McNemar) and, for multiple choice, `chance_corrected_retention` = (after − chance) /
+    (before − chance) with its interval (None when the baseline is not above chance)."""
     out = {"tasks": {}, "groups": {}}
-    for kind in ("tasks", "groups"):
-        for name, r in after[kind].items():
-            r = dict(r)
-            if name in before.get(kind, {}):
-                b = before[kind][name]["score"]
-                r["baseline_score"] = b
-                r["retention"] = r["score"] / b if b > 0 else None
-            out[kind][name] = r
+    for name, r in after["tasks"].items():
+        r = dict(r)
+        b = before.get("tasks", {}).get(name)
+        if b is not None:
+            r["baseline_score"] = b["score"]
+            r["retention"] = r["score"] / b["score"] if b["score"] > 0 else None
+            if "outcomes" in r and "outcomes" in b and len(r["outcomes"]) == len(b["outcomes"]):
+                r["retention_interval"] = bootstrap_ratio(r["outcomes"], b["outcomes"])
+                r["vs_baseline"] = compare_paired(r["outcomes"], b["outcomes"])
+                if "chances" in r:
+                    above = _above_chance(b)
+                    r["chance_corrected_retention"] = (
+                        bootstrap_ratio(_above_chance(r), above) if above.mean() > 0 else None
+                    )
+        out["tasks"][name] = r
+    for name, g in after["groups"].items():
+        g = dict(g)
+        b = before.get("groups", {}).get(name)
+        if b is not None:
+            g["baseline_score"] = b["score"]
+            g["retention"] = g["score"] / b["score"] if b["score"] > 0 else None
+            tasks = [
+                (out["tasks"][t], before.get("tasks", {}).get(t))
+                for t in g.get("tasks", ())
+                if t in out["tasks"]
+            ]
+            if tasks and all(
+                bt is not None and "outcomes" in at and len(at["outcomes"]) == len(bt["outcomes"])
+                for at, bt in tasks
+            ):
+                g["retention_interval"] = stratified_ratio(
+                    [at["outcomes"] for at, _ in tasks], [bt["outcomes"] for _, bt in tasks]
+                )
+        out["groups"][name] = g
     return out

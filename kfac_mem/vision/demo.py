@@ -42,7 +42,9 @@ from kfac_mem.collect import CollectConfig, collect
 from kfac_mem.data import LabelledExamples, array_fingerprint
 from kfac_mem.editing import EditOptions, apply_plan, parse_plan
 from kfac_mem.eigen_run import decompose_run
+from kfac_mem.manifest import run_manifest
 from kfac_mem.selection import select_sites
+from kfac_mem.stats import compare_paired, fmt_diff, fmt_pct, proportion
 from kfac_mem.vision.data import FASHION_MNIST_DIR, ImageDataset, load_image_dataset
 from kfac_mem.vision.metrics import noise_report, predict
 from kfac_mem.vision.noise import inject_label_noise
@@ -229,6 +231,12 @@ def measure(model: VisionModel, params, noisy: Noisy, validation: bool) -> dict[
     }
     if validation:
         out["val_accuracy"] = float(np.mean(val_pred == val_labels))
+        mask = noisy.noise_mask
+        out["outcomes"] = {  # 0/1 per image, for intervals and paired tests
+            "noisy_label_memorized": (pred[mask] == noisy.noisy_labels[mask]).astype(int).tolist(),
+            "true_label_recovered": (pred[mask] == d.train_labels[mask]).astype(int).tolist(),
+            "val_accuracy": (val_pred == val_labels).astype(int).tolist(),
+        }
     return out
 
 
@@ -469,14 +477,30 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return max(rows, key=lambda r: (r["selection_clean_accuracy"], r["rho"]))
 
 
-def _row(m: dict[str, Any]) -> dict[str, float]:
+TABLE2_MEASURES = ("noisy_label_memorized", "true_label_recovered", "val_accuracy")
+
+
+def _row(m: dict[str, Any]) -> dict[str, Any]:
     return {
         "noisy_label_memorized": m["train"]["noisy_label_memorized"],
         "true_label_recovered": m["train"]["noisy_true_label_recovered"],
         "clean_train_accuracy": m["train"]["clean_train_accuracy"],
         "val_accuracy": m["val_accuracy"],
+        "intervals": {k: proportion(m["outcomes"][k]) for k in TABLE2_MEASURES},
         "fit_part": m["fit"],
         "selection_part": m["selection"],
+    }
+
+
+def paired_table2(results: dict[str, Any]) -> dict[str, Any]:
+    """K-FAC against the unedited model and against SVD on the same images, per Table-2 measure:
+    paired difference (K-FAC − other) with its 95% interval and exact McNemar."""
+    k = results["kfac"]["outcomes"]
+    return {
+        f"kfac_vs_{other}": {
+            m: compare_paired(k[m], results[other]["outcomes"][m]) for m in TABLE2_MEASURES
+        }
+        for other in ("before", "svd")
     }
 
 
@@ -507,6 +531,7 @@ def build_summary(
         "val_accuracy_before": b["val_accuracy"],
         "val_accuracy_after": k["val_accuracy"],
         "rows": {"before": b, "kfac": k, "svd": s},
+        "paired_tests": paired_table2(results),
         "targets": {
             "memorized_to_a_fifth_or_less": bool(fifth),
             "val_accuracy_not_lower": bool(val_ok),
@@ -552,6 +577,12 @@ def build_summary(
         },
         "paper_table2": PAPER_TABLE2,
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+        "manifest": run_manifest(
+            {
+                k: getattr(config, k)
+                for k in ("data_seed", "noise_seed", "model_seed", "split_seed", "factor_seed")
+            }
+        ),
     }
 
 
@@ -559,8 +590,11 @@ def format_table2(summary: dict[str, Any]) -> str:
     r = summary["rows"]
     c = summary["chosen"]
     layers = "+".join(f"L{i}" for i in c["layers"])
+    n = {m: r["before"]["intervals"][m]["n"] for m in TABLE2_MEASURES}
     lines = [
-        "| method | noisy labels memorized | true label on noisy images | validation accuracy |",
+        f"| method | noisy labels memorized (n = {n['noisy_label_memorized']}) | true label on "
+        f"noisy images (n = {n['true_label_recovered']}) | validation accuracy (n = "
+        f"{n['val_accuracy']}) |",
         "|---|---|---|---|",
     ]
     names = {
@@ -569,10 +603,22 @@ def format_table2(summary: dict[str, Any]) -> str:
         "svd": f"SVD (same matrices, drop {summary['svd']['drop']:.0%})",
     }
     for key in ("before", "kfac", "svd"):
-        x = r[key]
+        ci = r[key]["intervals"]
         lines.append(
-            f"| {names[key]} | {x['noisy_label_memorized']:.1%} | "
-            f"{x['true_label_recovered']:.1%} | {x['val_accuracy']:.1%} |"
+            f"| {names[key]} | " + " | ".join(f"{fmt_pct(ci[m])}%" for m in TABLE2_MEASURES) + " |"
+        )
+    lines += [
+        "",
+        "Rates with Wilson 95% intervals. Paired tests on the same images (K-FAC − other, "
+        "percentage points, 95% interval, exact McNemar p):",
+        "",
+        "| comparison | noisy labels memorized | true label | validation accuracy |",
+        "|---|---|---|---|",
+    ]
+    for key, tests in summary["paired_tests"].items():
+        other = "unedited" if key.endswith("before") else "SVD"
+        lines.append(
+            f"| K-FAC − {other} | " + " | ".join(fmt_diff(tests[m]) for m in TABLE2_MEASURES) + " |"
         )
     return "\n".join(lines)
 
