@@ -201,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
         write_resolved_config(out, "analyze", args, extra={"layers": report["layers"]})
     for f in report["findings"]:
         print(
-            f"{f['set']} vs {f['versus']}: {f['claim']}: {f['holds_in']}/{f['of']} "
-            f"layers -> {f['verdict']}"
+            f"{f['set']} vs {f['versus']}: {f['claim']}: agrees in {f.get('agrees_in', 0)}, "
+            f"contradicts in {f.get('contradicts_in', 0)} of {f['of']} matrices -> {f['verdict']}"
         )
     print(f"report: {os.path.join(out, 'report.md')}")
     return 0
