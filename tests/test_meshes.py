@@ -138,14 +138,19 @@ def test_factor_collectives_only_where_designed(name):
 
     hlo = {}
     for reduce in ("checkpoint", "step"):
-        cfg = CollectConfig(batch_size=8, vocab_chunk=64, reduce=reduce)
+        # scatter: the outer products are reduced inside the step (the gather scheme is checked
+        # by test_plan / test_collect_aot)
+        cfg = CollectConfig(batch_size=8, vocab_chunk=64, reduce=reduce, scheme="scatter")
         if reduce == "step":
             sh, lead = factor_shardings(sites, mesh, rules), None
         else:
             sh, lead = partial_shardings(sites, mesh, rules), 8
         step = make_step(model, sites, cfg, sh, n_data=8)
         sums = zero_sums(sites, "float32", sh, leading=lead)
-        hlo[reduce] = step.lower(sums, model.params, x, jax.random.key(0)).compile().as_text()
+        n_valid = jnp.int32(x.shape[0])
+        hlo[reduce] = (
+            step.lower(sums, model.params, x, jax.random.key(0), n_valid).compile().as_text()
+        )
     d_g = sites[0].d_out  # 128: G of `up`
     assert _reduce_ops(hlo["checkpoint"], d_g) == 0
     assert _reduce_ops(hlo["step"], d_g) >= 1
