@@ -69,3 +69,16 @@ def test_every_design_citation_names_an_existing_section():
                     missing.append(f"{os.path.relpath(path, ROOT)}: §{s}")
     assert n_citations >= 15  # the docstrings do cite it (catches a regex that matches nothing)
     assert not missing, f"sections that docs/design.md does not have: {missing}"
+
+
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users)/[\w.+-]+")
+
+
+def test_committed_results_name_no_machine_paths():
+    """Reports, summaries and docs are read on other machines: paths in them are relative to the
+    checkout (a report naming /work/... of the machine that wrote it is a leak and a dead link)."""
+    leaks = []
+    for path in repo_files((".md", ".json", ".jsonl")):
+        text = open(path, encoding="utf-8").read()
+        leaks += [f"{os.path.relpath(path, ROOT)}: {m}" for m in MACHINE_PATH.findall(text)]
+    assert not leaks, leaks

@@ -11,6 +11,16 @@ from kfac_mem.atomic import write_atomic, write_json_atomic, write_jsonl_atomic,
 from kfac_mem.stats import fmt_interval, fmt_pct
 
 
+def _shown(path: str | None) -> str:
+    """A model path as the report prints it: relative to the working directory when inside it,
+    so a report committed from a checkout names no machine's paths."""
+    if not path:
+        return "?"
+    if os.path.isabs(path) and os.path.commonpath([path, os.getcwd()]) == os.getcwd():
+        return os.path.relpath(path)
+    return path
+
+
 def _pct(r: dict[str, Any]) -> str:
     return f"{fmt_pct(r)} (n={r['n']})"
 
@@ -40,7 +50,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Extraction and membership audit",
         "",
-        f"Model: `{results.get('model', '?')}`; baseline (unedited): `{results.get('baseline', '?')}`.",
+        f"Model: `{_shown(results.get('model'))}`; baseline (unedited): "
+        f"`{_shown(results.get('baseline'))}`.",
         f"Wall time {results['wall_seconds']:.1f} s. Rates are shares of examples with Wilson 95% "
         "intervals; means carry bootstrap 95% intervals; n = examples. Exact = the suffix "
         "reproduced token for token; loose = token-level normalized Levenshtein d/L ≤ 0.25.",
