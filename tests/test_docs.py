@@ -78,7 +78,7 @@ def test_committed_results_name_no_machine_paths():
     """Reports, summaries and docs are read on other machines: paths in them are relative to the
     checkout (a report naming /work/... of the machine that wrote it is a leak and a dead link)."""
     leaks = []
-    for path in repo_files((".md", ".json", ".jsonl")):
+    for path in repo_files((".md", ".json", ".jsonl", ".txt")):
         text = open(path, encoding="utf-8").read()
         leaks += [f"{os.path.relpath(path, ROOT)}: {m}" for m in MACHINE_PATH.findall(text)]
     assert not leaks, leaks
