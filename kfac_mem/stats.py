@@ -20,6 +20,7 @@ it as text for tables. Intervals are two-sided at `CONFIDENCE` (0.95) unless tol
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,16 +92,26 @@ def _bootstrap(data: tuple[np.ndarray, ...], statistic, seed: int, confidence: f
     point = float(statistic(*data))
     if n == 1 or all(np.ptp(d) == 0 for d in data):
         return point, point  # every resample is the sample itself
-    res = _st.bootstrap(
-        data,
-        statistic,
-        paired=paired,
-        vectorized=True,
-        n_resamples=N_RESAMPLES,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
+    return _percentile_bootstrap(data, statistic, seed, confidence, paired=paired)
+
+
+def _percentile_bootstrap(data, statistic, seed, confidence, **kwargs) -> tuple[float, float]:
+    """scipy's seeded percentile bootstrap -> (lo, hi). A resample whose statistic is undefined
+    (a zero denominator) is NaN/inf; scipy then warns and the bound comes out NaN, which the
+    callers report as None (an open-ended interval), so the warnings are expected and silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", _st.DegenerateDataWarning)
+        res = _st.bootstrap(
+            data,
+            statistic,
+            vectorized=True,
+            n_resamples=N_RESAMPLES,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+            **kwargs,
+        )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -169,18 +180,7 @@ def bootstrap_two_sample(
     if a.size == 1 and b.size == 1:
         lo = hi = point
     else:
-        res = _st.bootstrap(
-            (a, b),
-            statistic,
-            paired=False,
-            vectorized=True,
-            n_resamples=N_RESAMPLES,
-            batch=batch,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        lo, hi = _percentile_bootstrap((a, b), statistic, seed, confidence, batch=batch)
     return {
         "value": _finite(point),
         "n_x": int(a.size),

@@ -264,7 +264,8 @@ def test_resume_equals_uninterrupted_and_refuses_other_runs(olmo8, tmp_path):
         collect(olmo8, windows(n=32, seed=1), sites, str(tmp_path / "part"), cfg, progress=False)
 
 
-@pytest.mark.parametrize("mode", ["empirical", "sampled"])
+# One mode in the default suite (the engines share every code path but the labels); both with -m slow.
+@pytest.mark.parametrize("mode", [pytest.param("empirical", marks=pytest.mark.slow), "sampled"])
 def test_kfac_jax_engine_equals_native(mesh8, tmp_path, mode):
     model = load_pretrained("tiny-llama", mesh=mesh8[0], rules=mesh8[1])  # tied head, GQA
     sites = select_sites(model.linear_sites(), projections=["q", "k", "o", "gate", "up", "down"])

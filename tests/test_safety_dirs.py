@@ -6,7 +6,8 @@ byte-identical afterwards (checksums of every file under the directory)."""
 import hashlib
 import os
 import shutil
-import time
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -150,28 +151,32 @@ def test_markers_and_legacy_runs(runs, tmp_path):
         check_output(str(new), "analysis", overwrite=True)
 
 
-def _hold_in_child(out) -> tuple[int, int]:
-    """Fork a second process that claims `out` (a real flock from another pid) and waits."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: only os/fcntl calls, then exit without running any cleanup
-        try:
-            os.close(r)
-            claim(str(out), "factors")
-            os.write(w, b"held\n")
-            time.sleep(120)
-        finally:
-            os._exit(0)
-    os.close(w)
-    return pid, r
+_HOLDER = """
+import sys, time
+from kfac_mem.rundir import claim
+with claim(sys.argv[1], "factors"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _hold_in_child(out) -> subprocess.Popen:
+    """A second process (a fresh interpreter, not a fork of this multithreaded one) that claims
+    `out` (a real flock from another pid) and waits."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
 
 
 def test_second_writer_is_refused_with_the_holders_pid(tmp_path, capsys):
     """Two processes on one run directory: the second is refused, naming the first's pid."""
     out = tmp_path / "run"
-    pid, r = _hold_in_child(out)
+    holder = _hold_in_child(out)
+    pid = holder.pid
     try:
-        assert os.read(r, 5) == b"held\n"
         before = tree_digest(out)
         with pytest.raises(
             RunLockedError, match=rf"being written by another process \(pid {pid} on "
@@ -184,9 +189,8 @@ def test_second_writer_is_refused_with_the_holders_pid(tmp_path, capsys):
         assert rc == 2 and f"--out {out} is being written by another process (pid {pid}" in msg
         assert tree_digest(out) == before
     finally:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        os.close(r)
+        holder.kill()
+        holder.wait()
     with claim(str(out), "factors"):  # released when the holder dies
         pass
 

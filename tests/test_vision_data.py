@@ -185,6 +185,7 @@ def test_noise_report_counts():
     assert r["val_accuracy"] == 0.5 and r["n_noisy"] == 3
 
 
+@pytest.mark.slow  # training also runs, at a smaller size, in test_vision_demo's end-to-end test
 def test_short_sharded_training_on_digits_learns(mesh8):
     """A few seconds of training, batch split over 8 devices with FSDP-sharded parameters, is far
     above chance (10%); the run is seeded and leaves the starting weights intact."""
