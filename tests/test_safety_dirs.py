@@ -154,18 +154,18 @@ def test_markers_and_legacy_runs(runs, tmp_path):
 _HOLDER = """
 import sys, time
 from kfac_mem.rundir import claim
-with claim(sys.argv[1], "factors"):
+with claim(sys.argv[1], sys.argv[2]):
     print("held", flush=True)
     time.sleep(120)
 """
 
 
-def _hold_in_child(out) -> subprocess.Popen:
+def _hold_in_child(out, kind: str = "factors") -> subprocess.Popen:
     """A second process (a fresh interpreter, not a fork of this multithreaded one) that claims
     `out` (a real flock from another pid) and waits."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", _HOLDER, str(out), kind], stdout=subprocess.PIPE, text=True, env=env
     )
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -193,6 +193,31 @@ def test_second_writer_is_refused_with_the_holders_pid(tmp_path, capsys):
         holder.wait()
     with claim(str(out), "factors"):  # released when the holder dies
         pass
+
+
+@pytest.mark.parametrize("stage", ["analysis", "evaluation"])
+def test_library_stages_lock_their_output(stage, tiny, runs, tmp_path):
+    """Called from Python (no CLI), `analyze` and `run_evaluation` hold the lock too: a directory
+    another process is writing is refused, naming its pid, and left as it was."""
+    from kfac_mem.analysis import analyze
+    from kfac_mem.evaluation import run_evaluation
+
+    out = tmp_path / stage
+    holder = _hold_in_child(out, stage)
+    rows = [{"prefix_ids": [1, 2, 3, 4], "suffix_ids": [5, 6, 7, 8]}] * 8
+    try:
+        before = tree_digest(out)
+        with pytest.raises(RunLockedError, match=rf"another process \(pid {holder.pid} "):
+            if stage == "analysis":
+                analyze(tiny, runs["eigen"], {"memorized": rows}, out_dir=str(out), log=None)
+            else:
+                run_evaluation(
+                    tiny, memorized={"m": rows}, suites="recitation", out_dir=str(out), log=None
+                )
+        assert tree_digest(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _corrupt_copy(eigen_dir, dest):

@@ -33,7 +33,7 @@ from kfac_mem.data import array_fingerprint
 from kfac_mem.editing.selection import Spectrum
 from kfac_mem.eigen_run import EigenRun, load_eigen
 from kfac_mem.manifest import run_manifest
-from kfac_mem.rundir import check_output
+from kfac_mem.rundir import claim
 from models.sites import LinearSite, get_path
 
 FORMAT = "kfac-mem-analysis-v1"
@@ -88,16 +88,11 @@ def _warnings(model, eigen: EigenRun, options: AnalyzeOptions) -> list[str]:
     return out
 
 
-def _prepare_out(out_dir: str, overwrite: bool, inputs: dict[str, str | None]) -> None:
-    """`out_dir` must be new, empty or an analysis (replaced only with `overwrite`) and not an
-    input (`kfac_mem.rundir`); the CLI also holds its lock for the whole run."""
+def _drop_stale_report(out_dir: str) -> None:
+    """An interrupted rerun must not leave the old report looking current."""
     path = os.path.join(out_dir, REPORT_JSON)
-    check_output(
-        out_dir, "analysis", inputs=inputs, overwrite=overwrite, replace_needs_overwrite=True
-    )
-    os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0 and os.path.exists(path):
-        os.remove(path)  # an interrupted rerun must not leave the old report looking current
+        os.remove(path)
 
 
 def analyze(
@@ -165,121 +160,128 @@ def analyze(
             f"batch is split over (mesh {dict(model.mesh.shape)})."
         )
     out_dir = os.path.abspath(out_dir)
-    _prepare_out(
+    # `out_dir` must be new, empty or an analysis (replaced only with `options.overwrite`) and not
+    # an input; it is locked for the run (`kfac_mem.rundir`).
+    with claim(
         out_dir,
-        options.overwrite,
-        {"model": getattr(model, "source", None), "eigen": eigen.directory},
-    )
-    warnings = _warnings(model, eigen, options)
-    for w in warnings:
-        say(f"warning: {w}")
+        "analysis",
+        inputs={"model": getattr(model, "source", None), "eigen": eigen.directory},
+        overwrite=options.overwrite,
+        replace_needs_overwrite=True,
+    ):
+        _drop_stale_report(out_dir)
+        warnings = _warnings(model, eigen, options)
+        for w in warnings:
+            say(f"warning: {w}")
 
-    t0 = time.perf_counter()
-    spectra, spectra_arrays, bands, bases = _population(model, eigen, sites, options)
-    timing["spectra_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        spectra, spectra_arrays, bands, bases = _population(model, eigen, sites, options)
+        timing["spectra_seconds"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    writer = ArrayWriter(out_dir)
-    result = run_example_pass(model, sites, example_sets, bases, options, writer, ekfac_sets, say)
-    timing["per_example_seconds"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    set_fingerprints = {
-        n: array_fingerprint(np.asarray(example_sets[n].tokens)) for n in ekfac_sets
-    }
-    ekfac_report = _ekfac(
-        model,
-        eigen,
-        sites,
-        result,
-        spectra_arrays,
-        bands,
-        ekfac_sets,
-        options,
-        out_dir,
-        set_fingerprints,
-    )
-    timing["ekfac_seconds"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    baseline, baseline_per_example = {}, {}
-    for name, s in example_sets.items():
-        baseline[name], per_ex = set_loss(model, model.params, s, options.eval_batch_size)
-        baseline_per_example[name] = per_ex
-        writer.create(
-            f"{name}/nll",
-            (len(s),),
-            np.float32,
-            options.batch_size,
-            "mean CE per example (nats, gold labels)",
+        t0 = time.perf_counter()
+        writer = ArrayWriter(out_dir)
+        result = run_example_pass(
+            model, sites, example_sets, bases, options, writer, ekfac_sets, say
         )
-        for start in range(0, len(s), options.batch_size):
-            writer.write(f"{name}/nll", start, per_ex[start : start + options.batch_size])
-    ablation_rows = band_ablation(
-        model,
-        eigen,
-        [s.id for s in sites],
-        example_sets,
-        options.bands,
-        baseline,
-        options.ablation,
-        options.ablation_control,
-        options.seed,
-        options.eval_batch_size,
-        say,
-        baseline_per_example,
-    )
-    timing["ablation_seconds"] = time.perf_counter() - t0
-    writer.finalize(
-        {
-            "layers": [s.id for s in sites],
-            "sets": list(example_sets),
-            "bands": [b[0] for b in options.bands],
-            "bases": result.bases,
-            "top_index": "flat component index i*d_in + j into the eigen run's (descending) "
-            "eigenvectors: i indexes U_G columns, j indexes U_A columns",
+        timing["per_example_seconds"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        set_fingerprints = {
+            n: array_fingerprint(np.asarray(example_sets[n].tokens)) for n in ekfac_sets
         }
-    )
-    report = {
-        "format": FORMAT,
-        "model": {"source": getattr(model, "source", ""), "fingerprint": model.fingerprint()},
-        "eigen": {
-            "path": eigen.directory,
-            "model_fingerprint": eigen.model_fingerprint,
-            "factor_mode": (eigen.factor_run or {}).get("mode"),
-            "factor_tokens": (eigen.factor_run or {}).get("n_tokens"),
-        },
-        "options": _options_json(options),
-        "clean": clean,
-        "layers": [s.id for s in sites],
-        "bands": [{"band": n, "lo": lo, "hi": hi} for n, lo, hi in options.bands],
-        "bases": result.bases,
-        "sets": {name: s.describe() for name, s in example_sets.items()},
-        "devices": {"count": jax.device_count(), "mesh": dict(model.mesh.shape)},
-        "manifest": run_manifest({"bootstrap": 0}),
-        "warnings": warnings,
-        "spectrum": spectra,
-        "per_example": result.per_example,
-        "activations": _activations(result, example_sets, clean),
-        "ekfac": ekfac_report,
-        "ablation": {
-            "scope": options.ablation,
-            "control": options.ablation_control,
-            "baseline_loss": baseline,
-            "rows": ablation_rows,
-        },
-        "row_chunks": result.row_chunks,
-        "arrays": os.path.join(out_dir, "arrays"),
-    }
-    report["findings"] = build_findings(report, seed=options.seed)
-    for per_set in report["per_example"].values():  # the arrays are under arrays/ already
-        for summary in per_set.values():
-            summary.pop("values", None)
-    timing["total_seconds"] = time.perf_counter() - t_start
-    report["timing"] = timing
-    write_report(out_dir, report, spectra_arrays, figures=options.figures)
-    say(f"analysis written to {out_dir}")
-    return report
+        ekfac_report = _ekfac(
+            model,
+            eigen,
+            sites,
+            result,
+            spectra_arrays,
+            bands,
+            ekfac_sets,
+            options,
+            out_dir,
+            set_fingerprints,
+        )
+        timing["ekfac_seconds"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        baseline, baseline_per_example = {}, {}
+        for name, s in example_sets.items():
+            baseline[name], per_ex = set_loss(model, model.params, s, options.eval_batch_size)
+            baseline_per_example[name] = per_ex
+            writer.create(
+                f"{name}/nll",
+                (len(s),),
+                np.float32,
+                options.batch_size,
+                "mean CE per example (nats, gold labels)",
+            )
+            for start in range(0, len(s), options.batch_size):
+                writer.write(f"{name}/nll", start, per_ex[start : start + options.batch_size])
+        ablation_rows = band_ablation(
+            model,
+            eigen,
+            [s.id for s in sites],
+            example_sets,
+            options.bands,
+            baseline,
+            options.ablation,
+            options.ablation_control,
+            options.seed,
+            options.eval_batch_size,
+            say,
+            baseline_per_example,
+        )
+        timing["ablation_seconds"] = time.perf_counter() - t0
+        writer.finalize(
+            {
+                "layers": [s.id for s in sites],
+                "sets": list(example_sets),
+                "bands": [b[0] for b in options.bands],
+                "bases": result.bases,
+                "top_index": "flat component index i*d_in + j into the eigen run's (descending) "
+                "eigenvectors: i indexes U_G columns, j indexes U_A columns",
+            }
+        )
+        report = {
+            "format": FORMAT,
+            "model": {"source": getattr(model, "source", ""), "fingerprint": model.fingerprint()},
+            "eigen": {
+                "path": eigen.directory,
+                "model_fingerprint": eigen.model_fingerprint,
+                "factor_mode": (eigen.factor_run or {}).get("mode"),
+                "factor_tokens": (eigen.factor_run or {}).get("n_tokens"),
+            },
+            "options": _options_json(options),
+            "clean": clean,
+            "layers": [s.id for s in sites],
+            "bands": [{"band": n, "lo": lo, "hi": hi} for n, lo, hi in options.bands],
+            "bases": result.bases,
+            "sets": {name: s.describe() for name, s in example_sets.items()},
+            "devices": {"count": jax.device_count(), "mesh": dict(model.mesh.shape)},
+            "manifest": run_manifest({"bootstrap": 0}),
+            "warnings": warnings,
+            "spectrum": spectra,
+            "per_example": result.per_example,
+            "activations": _activations(result, example_sets, clean),
+            "ekfac": ekfac_report,
+            "ablation": {
+                "scope": options.ablation,
+                "control": options.ablation_control,
+                "baseline_loss": baseline,
+                "rows": ablation_rows,
+            },
+            "row_chunks": result.row_chunks,
+            "arrays": os.path.join(out_dir, "arrays"),
+        }
+        report["findings"] = build_findings(report, seed=options.seed)
+        for per_set in report["per_example"].values():  # the arrays are under arrays/ already
+            for summary in per_set.values():
+                summary.pop("values", None)
+        timing["total_seconds"] = time.perf_counter() - t_start
+        report["timing"] = timing
+        write_report(out_dir, report, spectra_arrays, figures=options.figures)
+        say(f"analysis written to {out_dir}")
+        return report
 
 
 def _population(model, eigen: EigenRun, sites: Sequence[LinearSite], options: AnalyzeOptions):

@@ -20,6 +20,7 @@ the paired interval of the difference and the exact McNemar p-value.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,7 @@ from kfac_mem.evaluation.recitation import paired, recitation, summary
 from kfac_mem.evaluation.task_eval import evaluate_tasks, with_retention
 from kfac_mem.evaluation.text import windows_from_sources
 from kfac_mem.manifest import run_manifest
-from kfac_mem.rundir import check_output
+from kfac_mem.rundir import claim
 from kfac_mem.stats import fmt_diff, fmt_interval
 
 SUITES = ("recitation", "perplexity", "ndcg", "tasks")
@@ -104,140 +105,140 @@ def run_evaluation(
       text_field: the jsonl field holding the text of held-out documents.
       log: progress printer (None = silent).
     """
-    if out_dir:
-        check_output(out_dir, "evaluation")  # new, empty or an evaluation (`kfac_mem.rundir`)
     say = log or (lambda _: None)
     chosen = parse_suites(suites)
     if baseline is None and baseline_params is not None:
         baseline = model
     if baseline is not None and baseline.config.vocab_size != model.config.vocab_size:
         raise ValueError("The baseline must share the model's vocabulary (same tokenizer).")
-    results: dict[str, Any] = {
-        "model": _describe(model, params),
-        "baseline": None if baseline is None else _describe(baseline, baseline_params),
-        "suites": chosen,
-        "limit": limit,
-        "manifest": run_manifest(),
-        "timing": {},
-        "skipped": {},
-    }
+    # `out_dir` must be new, empty or an evaluation; it is locked for the run (`kfac_mem.rundir`).
+    with claim(out_dir, "evaluation") if out_dir else contextlib.nullcontext():
+        results: dict[str, Any] = {
+            "model": _describe(model, params),
+            "baseline": None if baseline is None else _describe(baseline, baseline_params),
+            "suites": chosen,
+            "limit": limit,
+            "manifest": run_manifest(),
+            "timing": {},
+            "skipped": {},
+        }
 
-    def timed(suite: str, fn: Callable[[], Any]) -> None:
-        t0 = time.perf_counter()
-        say(f"[{suite}]")
-        results[suite] = fn()
-        results["timing"][suite] = time.perf_counter() - t0
-        say(f"[{suite}] done in {results['timing'][suite]:.1f}s")
+        def timed(suite: str, fn: Callable[[], Any]) -> None:
+            t0 = time.perf_counter()
+            say(f"[{suite}]")
+            results[suite] = fn()
+            results["timing"][suite] = time.perf_counter() - t0
+            say(f"[{suite}] done in {results['timing'][suite]:.1f}s")
 
-    if "recitation" in chosen:
-        if not memorized:
-            results["skipped"]["recitation"] = "no memorized sets given (--memorized NAME=FILE)"
-        else:
+        if "recitation" in chosen:
+            if not memorized:
+                results["skipped"]["recitation"] = "no memorized sets given (--memorized NAME=FILE)"
+            else:
 
-            def run_recitation():
-                out = {}
-                for name, source in memorized.items():
-                    rows = (
-                        read_memorized(source, vocab_size=model.config.vocab_size)
-                        if isinstance(source, str)
-                        else list(source)
-                    )
-                    rows = rows[:limit] if limit else rows
-                    res = recitation(model, rows, params, batch_size=batch_size)
-                    if isinstance(source, str):
-                        res["file"] = source
-                    if baseline is not None:
-                        res["baseline"] = summary(
-                            recitation(
-                                baseline, rows, baseline_params, batch_size, include_rows=False
-                            )
+                def run_recitation():
+                    out = {}
+                    for name, source in memorized.items():
+                        rows = (
+                            read_memorized(source, vocab_size=model.config.vocab_size)
+                            if isinstance(source, str)
+                            else list(source)
                         )
-                        res["vs_baseline"] = paired(res, res["baseline"])
-                    ci = res["intervals"]
-                    say(
-                        f"  {name}: strict {fmt_interval(ci['strict'], 'rate', digits=3)}  "
-                        f"loose {fmt_interval(ci['loose'], 'rate', digits=3)}  "
-                        f"mean d/L {fmt_interval(ci['mean_distance'], 'mean', digits=3)}  "
-                        f"(n={res['n']}, 95% intervals)"
-                    )
+                        rows = rows[:limit] if limit else rows
+                        res = recitation(model, rows, params, batch_size=batch_size)
+                        if isinstance(source, str):
+                            res["file"] = source
+                        if baseline is not None:
+                            res["baseline"] = summary(
+                                recitation(
+                                    baseline, rows, baseline_params, batch_size, include_rows=False
+                                )
+                            )
+                            res["vs_baseline"] = paired(res, res["baseline"])
+                        ci = res["intervals"]
+                        say(
+                            f"  {name}: strict {fmt_interval(ci['strict'], 'rate', digits=3)}  "
+                            f"loose {fmt_interval(ci['loose'], 'rate', digits=3)}  "
+                            f"mean d/L {fmt_interval(ci['mean_distance'], 'mean', digits=3)}  "
+                            f"(n={res['n']}, 95% intervals)"
+                        )
+                        out[name] = res
+                    return out
+
+                timed("recitation", run_recitation)
+
+        need_text = "perplexity" in chosen or ("ndcg" in chosen and baseline is not None)
+        windows = {}
+        if need_text:
+            for source in texts or DEFAULT_TEXTS:
+                name = _text_name(source)
+                name = name if name not in windows else f"{name}_{len(windows)}"
+                windows[name] = windows_from_sources(
+                    [source],
+                    model.tokenizer,
+                    window,
+                    model.config.eos_token_id,
+                    limit,
+                    text_field=text_field,
+                    vocab_size=model.config.vocab_size,
+                )
+
+        if "perplexity" in chosen:
+
+            def run_perplexity():
+                out = {}
+                for name, w in windows.items():
+                    res = perplexity(model, w, params, batch_size)
+                    if baseline is not None:
+                        res["baseline"] = perplexity(baseline, w, baseline_params, batch_size)
+                    say(f"  {name}: perplexity {res['perplexity']:.3f} over {res['tokens']} tokens")
                     out[name] = res
                 return out
 
-            timed("recitation", run_recitation)
+            timed("perplexity", run_perplexity)
 
-    need_text = "perplexity" in chosen or ("ndcg" in chosen and baseline is not None)
-    windows = {}
-    if need_text:
-        for source in texts or DEFAULT_TEXTS:
-            name = _text_name(source)
-            name = name if name not in windows else f"{name}_{len(windows)}"
-            windows[name] = windows_from_sources(
-                [source],
-                model.tokenizer,
-                window,
-                model.config.eos_token_id,
-                limit,
-                text_field=text_field,
-                vocab_size=model.config.vocab_size,
-            )
-
-    if "perplexity" in chosen:
-
-        def run_perplexity():
-            out = {}
-            for name, w in windows.items():
-                res = perplexity(model, w, params, batch_size)
-                if baseline is not None:
-                    res["baseline"] = perplexity(baseline, w, baseline_params, batch_size)
-                say(f"  {name}: perplexity {res['perplexity']:.3f} over {res['tokens']} tokens")
-                out[name] = res
-            return out
-
-        timed("perplexity", run_perplexity)
-
-    if "ndcg" in chosen:
-        if baseline is None:
-            results["skipped"]["ndcg"] = "no baseline given (--baseline)"
-        else:
-
-            def run_ndcg():
-                out = {}
-                for name, w in windows.items():
-                    out[name] = ndcg_at_k(
-                        model,
-                        w,
-                        baseline,
-                        params,
-                        baseline_params,
-                        batch_size=batch_size,
-                        cache_dir=cache_dir,
-                    )
-                    say(f"  {name}: nDCG@{out[name]['k']} {out[name]['ndcg']:.4f}")
-                return out
-
-            timed("ndcg", run_ndcg)
-
-    if "tasks" in chosen:
-
-        def run_tasks():
-            after = evaluate_tasks(model, tasks, limit, params, batch_size, max_length, log=say)
+        if "ndcg" in chosen:
             if baseline is None:
-                return after
-            say("  baseline:")
-            before = evaluate_tasks(
-                baseline, tasks, limit, baseline_params, batch_size, max_length, log=say
-            )
-            return with_retention(after, before)
+                results["skipped"]["ndcg"] = "no baseline given (--baseline)"
+            else:
 
-        timed("tasks", run_tasks)
+                def run_ndcg():
+                    out = {}
+                    for name, w in windows.items():
+                        out[name] = ndcg_at_k(
+                            model,
+                            w,
+                            baseline,
+                            params,
+                            baseline_params,
+                            batch_size=batch_size,
+                            cache_dir=cache_dir,
+                        )
+                        say(f"  {name}: nDCG@{out[name]['k']} {out[name]['ndcg']:.4f}")
+                    return out
 
-    if out_dir:
-        for name, res in results.get("recitation", {}).items():
-            res["rows_file"] = write_jsonl_atomic(
-                os.path.join(out_dir, f"recitation_{name}.jsonl"), res["rows"]
-            )
-        write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    return results
+                timed("ndcg", run_ndcg)
+
+        if "tasks" in chosen:
+
+            def run_tasks():
+                after = evaluate_tasks(model, tasks, limit, params, batch_size, max_length, log=say)
+                if baseline is None:
+                    return after
+                say("  baseline:")
+                before = evaluate_tasks(
+                    baseline, tasks, limit, baseline_params, batch_size, max_length, log=say
+                )
+                return with_retention(after, before)
+
+            timed("tasks", run_tasks)
+
+        if out_dir:
+            for name, res in results.get("recitation", {}).items():
+                res["rows_file"] = write_jsonl_atomic(
+                    os.path.join(out_dir, f"recitation_{name}.jsonl"), res["rows"]
+                )
+            write_json_atomic(os.path.join(out_dir, "results.json"), results)
+        return results
 
 
 def _retention(r: dict[str, Any]) -> str:
