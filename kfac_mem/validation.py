@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from kfac_mem.errors import InputError, NonFiniteError
 
 __all__ = [
     "check_finite_arrays",
+    "check_finite_tree",
     "check_token_ids",
     "check_window_length",
     "load_npy",
@@ -87,3 +90,26 @@ def check_finite_arrays(arrays: Mapping[str, Any], artifact: str) -> None:
         raise NonFiniteError(
             f"Non-finite (NaN/Inf) values in {artifact}: {shown}. Nothing was written."
         )
+
+
+def check_finite_tree(params: Any, artifact: str) -> None:
+    """Raise NonFiniteError naming every leaf (parameter path) of `params` holding a NaN or Inf.
+
+    Checked on device, in one compiled reduction over the whole (possibly sharded) tree; each
+    flag is read from a local shard, so this also works in multi-host runs.
+    """
+    leaves = {
+        "/".join(str(getattr(k, "key", k)) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    }
+    flags = _all_finite(leaves)
+    check_finite_arrays(
+        {k: 0.0 if bool(v.addressable_data(0)) else float("nan") for k, v in flags.items()},
+        artifact,
+    )
+
+
+@jax.jit
+def _all_finite(tree):
+    return jax.tree.map(lambda x: jnp.isfinite(x).all(), tree)

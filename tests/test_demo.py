@@ -38,7 +38,7 @@ def test_every_stage_wrote_its_artifacts(run_dir):
         "analysis/report.json",
         "analysis/report.md",
         "edited/model_config.json",
-        "edited/edit_report.json",
+        "edited/report.json",
         "figures/sweep.png",
         "figures/removal_and_retention.png",
     ):
@@ -74,13 +74,15 @@ def test_outputs_are_consistent(run_dir):
 
 def test_edited_checkpoint_is_the_chosen_edit(run_dir):
     s = json.load(open(os.path.join(run_dir, "summary.json")))
-    report = json.load(open(os.path.join(run_dir, "edited", "edit_report.json")))
+    report = json.load(open(os.path.join(run_dir, "edited", "report.json")))
     chosen = {
         f"model.layers.{i}.mlp.{p}_proj"
         for i in s["chosen"]["layers"]
         for p in s["chosen"]["projections"]
     }
-    assert {r["id"] for r in report} == chosen
+    assert {r["id"] for r in report["matrices"]} == chosen
+    assert report["method"] == "kfac" and set(report["plan"]) == chosen
+    assert report["model"]["edited_fingerprint"] != report["model"]["fingerprint"]
     edited = load_pretrained(os.path.join(run_dir, "edited"))
     original = load_pretrained(os.path.join(run_dir, "model"))
     for site in edited.linear_sites():

@@ -17,6 +17,7 @@ from kfac_mem.selection import select_sites
 from kfac_mem.sharding import load_mesh_config
 from models import LanguageModel, get_config, load_pretrained
 from models.attention import attend, attention_mask
+from models.sites import decoder_sites
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 
@@ -78,6 +79,36 @@ def test_tpu_aot_compile_of_collection_step_matches_cpu_collectives():
         assert _factor_reductions(gather, d) == 0 and "all-gather" in gather.collectives
     # FSDP: parameters are all-gathered on both.
     assert "all-gather" in tpu.collectives and "all-gather" in cpu.collectives
+
+
+def test_auto_reduce_takes_checkpoint_when_it_fits_else_step():
+    """`plan --reduce auto` on real CPU compiles of the tiny collection step: with a budget
+    between the two modes' compiled totals it reports "step" and why; with room for both,
+    "checkpoint" (no per-step communication)."""
+    from kfac_mem.plan import PlanRequest, run_plan
+    from kfac_mem.plan.chips import GIB
+
+    config = get_config("tiny-olmo2")
+    sites = select_sites(decoder_sites(config), layers=[1], projections=["up"])
+
+    def plan(reduce, memory_gib=None):
+        request = PlanRequest(
+            config, "tiny-olmo2", "cpu:8", "collect", batch_size=8, seq_len=64,
+            layer_ids=tuple(s.id for s in sites), reduce=reduce, search=False,
+            memory_gib=memory_gib,
+        )  # fmt: skip
+        return run_plan(request, sites)
+
+    total = {m: plan(m)["programs"][0]["compiled"]["total_bytes"] for m in ("checkpoint", "step")}
+    assert total["step"] < total["checkpoint"]  # no full partial sum per data shard
+    tight = plan("auto", (total["step"] + total["checkpoint"]) / 2 / GIB)
+    assert tight["reduce"] == "step" and "checkpoint does not fit" in tight["reduce_choice"]["why"]
+    assert tight["reduce_choice"]["modes"]["checkpoint"]["fits"] is False
+    assert tight["programs"][0]["fits"] is True
+    roomy = plan("auto", 2 * total["checkpoint"] / GIB)
+    assert roomy["reduce"] == "checkpoint" and list(roomy["reduce_choice"]["modes"]) == [
+        "checkpoint"
+    ]
 
 
 @pytest.mark.slow

@@ -163,4 +163,4 @@ def test_tiny_vision_demo_end_to_end(mesh8, tmp_path):
     assert model.fingerprint() == read_model_info(str(out / "model"))["fingerprint"]
     edited = load_pretrained(str(out / "edited"), mesh=mesh, rules=rules)
     assert edited.fingerprint() != model.fingerprint()
-    assert sorted(read_model_info(str(out / "edited"))["metadata"]["plan"]) == sorted(ids)
+    assert sorted(read_model_info(str(out / "edited"))["metadata"]["edit"]["plan"]) == sorted(ids)

@@ -34,10 +34,10 @@ import numpy as np
 from kfac_mem.baselines.bsn import BSNConfig, rows_to_windows, train_bsn
 from kfac_mem.baselines.matching import match_perplexity
 from kfac_mem.baselines.stress import StressOptions, stress_tests
-from kfac_mem.editing import EditOptions, apply_plan, parse_plan
 from kfac_mem.evaluation.ndcg import baseline_rankings, ndcg_from_topk, topk_rankings
 from kfac_mem.evaluation.perplexity import perplexity
 from kfac_mem.evaluation.recitation import paired, recitation, summary
+from kfac_mem.experiments import ChoiceRule, EditCell, edited_params
 
 METHODS = ("kfac", "svd", "bsn")
 SET_NAMES = ("train", "validation", "ood")
@@ -153,8 +153,11 @@ def _ranges(idx: Sequence[int]) -> str:
     return ",".join(map(str, idx))
 
 
-def _recitation_key(rec: dict[str, Any]) -> tuple[float, float, float]:
-    return (rec["strict"], rec["loose"], -rec["mean_distance"])
+# Among the candidates of a method: matched perplexity first, then the lowest train recitation
+# (strict, loose, then the largest mean distance).
+CANDIDATE_RULE = ChoiceRule(
+    objective=("-match.matched", "train.strict", "train.loose", "-train.mean_distance")
+)
 
 
 class _Comparison:
@@ -175,13 +178,10 @@ class _Comparison:
     # --- one evaluate(knob) per method ---------------------------------------------------------
 
     def edit_fn(self, method: str, cand: EditCandidate) -> Callable[[float], tuple]:
-        options = EditOptions(method=method, compute_rank=False)
-        ids = {f"model.layers.{i}.mlp.{p}_proj" for i in cand.layers for p in cand.projections}
-
         def evaluate(knob: float):
-            plan = parse_plan(dict.fromkeys(sorted(ids), knob), self.sites)
             t0 = time.perf_counter()
-            params, _ = apply_plan(self.model.params, self.sites, plan, self.eigen, options)
+            cell = EditCell(tuple(cand.layers), tuple(cand.projections), knob)
+            params = edited_params(self.model, self.eigen, cell, method)
             jax.block_until_ready(params)
             seconds = time.perf_counter() - t0
             return self.ppl(params), params, seconds
@@ -238,7 +238,7 @@ class _Comparison:
             grid, knob_name = (
                 (self.o.rhos, "rho") if method == "kfac" else (self.o.svd_drops, "drop")
             )
-        candidates, best = [], None
+        candidates, matches = [], []
         for setting, evaluate in specs:
             self.say(f"  {method} {setting}:")
             m = match_perplexity(
@@ -247,14 +247,13 @@ class _Comparison:
             rec = self.recite(self.sets.train, m.payload)
             row = {"setting": {**setting, knob_name: m.knob}, "match": m.summary(), "train": rec}
             candidates.append(row)
+            matches.append(m)
             self.say(
                 f"  -> {knob_name} {m.knob:.6g}: perplexity {m.perplexity:.4f} "
                 f"({'matched' if m.matched else 'UNMATCHED'}), train strict {rec['strict']:.3f}"
             )
-            key = (not m.matched, *_recitation_key(rec))
-            if best is None or key < best[0]:
-                best = (key, row, m)
-        _, row, m = best
+        best = CANDIDATE_RULE.index(candidates)
+        row, m = candidates[best], matches[best]
         return {
             "setting": row["setting"],
             "matched": m.matched,

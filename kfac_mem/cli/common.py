@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import os
 import sys
 from typing import Any
@@ -165,31 +164,10 @@ def _unreadable_json(directory: str) -> str | None:
 
 
 def check_finite_params(params, artifact: str) -> None:
-    """NonFiniteError naming every parameter of `params` with a NaN/Inf (checked on device, one
-    compiled reduction for the whole tree)."""
-    import jax
-    import jax.numpy as jnp
+    """`kfac_mem.validation.check_finite_tree` (NonFiniteError naming each non-finite parameter)."""
+    from kfac_mem.validation import check_finite_tree
 
-    from kfac_mem.validation import check_finite_arrays
-
-    leaves = {
-        "/".join(str(getattr(k, "key", k)) for k in path): leaf
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-        if jnp.issubdtype(leaf.dtype, jnp.inexact)
-    }
-    flags = _all_finite()(leaves)
-    # The reductions are replicated: read each from a local shard (also in multi-host runs).
-    flags = {k: bool(v.addressable_data(0)) for k, v in flags.items()}
-    check_finite_arrays({k: 0.0 if ok else float("nan") for k, ok in flags.items()}, artifact)
-
-
-@functools.cache
-def _all_finite():
-    """The jitted tree -> tree of scalar bools (built once; jax is imported lazily in the CLI)."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.jit(lambda tree: jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))
+    check_finite_tree(params, artifact)
 
 
 def write_resolved_config(

@@ -134,7 +134,8 @@ def _plan(args: argparse.Namespace, model):
 
 def run(args: argparse.Namespace) -> int:
     init_distributed(args)
-    from kfac_mem.editing.apply import EditOptions, apply_plan
+    from kfac_mem.editing.apply import EditOptions
+    from kfac_mem.editing.record import edit_model
     from kfac_mem.editing.report import format_table
     from kfac_mem.eigen_run import load_eigen
 
@@ -168,50 +169,19 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         compute_rank=not args.no_rank,
     )
-    fingerprint = model.fingerprint()
-    warning = None
-    if eigen is not None and eigen.model_fingerprint not in (None, fingerprint):
-        warning = (
-            f"the eigen run's factors were collected on a model with fingerprint "
-            f"{eigen.model_fingerprint}, but --model has {fingerprint}; factors should come "
-            f"from the unedited model being edited."
-        )
-        print(f"kfac-mem edit: warning: {warning}", file=sys.stderr)
-    params, rows = apply_plan(model.params, model.linear_sites(), plan, eigen, options)
-    edited = model.with_params(params)
-    summary = {
-        "model": {
-            "source": model.source,
-            "fingerprint": fingerprint,
-            "edited_fingerprint": edited.fingerprint(),
-        },
-        "eigen": None
-        if eigen is None
-        else {
-            "path": eigen.directory,
-            "precision": eigen.precision,
-            "factor_run": eigen.factor_run,
-        },
-        "method": args.method,
-        "eigenvalues": args.eigenvalues,
-        "ekfac": None
-        if ekfac_info is None
-        else {"path": eigen.ekfac_directory, "provenance": ekfac_info},
-        "precision": args.precision,
-        "seed": args.seed,
-        "plan": plan.to_json(),
-        "warning": warning,
-        "matrices": rows,
-    }
+    result = edit_model(model, eigen, plan, options, ekfac_info)
+    if result.record["warning"]:
+        print(f"kfac-mem edit: warning: {result.record['warning']}", file=sys.stderr)
     write_model_outputs(
-        edited,
+        result.model,
         out,
         args,
-        {"edit": {k: summary[k] for k in ("method", "eigenvalues", "ekfac", "plan", "eigen")}},
-        summary,
+        result.metadata,
+        result.record,
         "edit",
         extra={"plan": plan.to_json()},
     )
+    rows = result.record["matrices"]
     print(format_table(rows))
     print(
         f"edited {sum(not r.get('untouched') for r in rows)} of {len(rows)} planned matrices "

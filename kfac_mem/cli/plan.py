@@ -45,7 +45,18 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--layers", default=None, help="23,24 or 23-25 or all (default all)")
     p.add_argument("--projections", default=None, help="gate,up,down (default) or q,k,v,o")
     p.add_argument("--mode", choices=("sampled", "empirical"), default="sampled")
-    p.add_argument("--reduce", choices=("checkpoint", "step"), default="checkpoint")
+    p.add_argument(
+        "--reduce",
+        choices=("auto", "checkpoint", "step"),
+        default="auto",
+        help="collect: auto (default: checkpoint if it fits, else step), checkpoint or step",
+    )
+    p.add_argument(
+        "--memory-gib",
+        type=float,
+        default=None,
+        help="per-device memory budget in GiB instead of the chip's HBM (headroom; CPU topologies)",
+    )
     p.add_argument("--no-search", action="store_true", help="do not search the largest batch")
     p.add_argument(
         "--max-search-compiles", type=int, default=8, help="compiles the batch search may use"
@@ -121,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         search=not args.no_search,
         max_search_compiles=args.max_search_compiles,
         token_budget=args.token_budget,
+        memory_gib=args.memory_gib,
     )
     plan = run_plan(request, sites)
     plan["command"] = "kfac-mem plan " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from kfac_mem.demo.mixture import MixtureConfig
+from kfac_mem.experiments import ChoiceRule, Limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,18 @@ class DemoConfig:
     ndcg_windows: int = 32
     eval_items: int = 100  # per skill group and split
     analysis_examples: int = 48  # per example set
+
+    def choice_rule(self) -> ChoiceRule:
+        """The sweep's choice: lowest selection-split recitation (then perplexity) among settings
+        within the perplexity limit and keeping every protected skill group; when none is, the one
+        closest to the limits."""
+        return ChoiceRule(
+            objective=("strict_memorized_train", "ppl_ratio"),
+            limits=(
+                Limit("ppl_ratio", hi=1 + self.max_ppl_increase),
+                *(Limit(f"retention.{g}", lo=self.min_retention) for g in self.protected_groups),
+            ),
+        )
 
 
 def default() -> DemoConfig:

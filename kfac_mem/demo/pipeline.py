@@ -3,7 +3,7 @@ each stage through the same library code the CLI subcommands run, with artifacts
 
   model/ (only when trained here)   mined/{memorized,canaries}/   sets/{heldout,retain}.npy
   factors/   eigen/   analysis/
-  edited/ (the chosen edit: Orbax model + edit_report.json)   report.md   summary.json   figures/
+  edited/ (the chosen edit: Orbax model + report.json, the edit record)   report.md   summary.json   figures/
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from kfac_mem.data import Windows, array_fingerprint
 from kfac_mem.demo import measure
 from kfac_mem.demo.config import DemoConfig
 from kfac_mem.demo.model import demo_model
-from kfac_mem.demo.sweep import choose, controls, sweep
-from kfac_mem.editing import EditOptions, apply_plan, parse_plan
+from kfac_mem.demo.sweep import chosen_cell, controls, sweep
+from kfac_mem.editing import edit_model, write_edited_model
 from kfac_mem.eigen_run import decompose_run
 from kfac_mem.evaluation.mining import MiningConfig, mine_windows
 from kfac_mem.selection import select_sites
-from models import save_model
 
 
 class Stages:
@@ -164,7 +163,7 @@ def run_demo(
     base_quick = measure.quick(model, data, selection, model.params)
     with stage("sweep"):
         rows = sweep(model, data, eigen, selection, c, base_quick, log)
-        chosen = choose(rows, base_quick, c)
+        chosen = c.choice_rule().choose(rows)
         log(
             f"   chosen: layers {chosen['layers']} {'+'.join(chosen['projections'])} rho "
             f"{chosen['rho']} ({'meets' if chosen['feasible'] else 'does NOT meet'} the selection "
@@ -172,26 +171,13 @@ def run_demo(
         )
 
     with stage("edit"):
-        plan = parse_plan(
-            {
-                f"model.layers.{i}.mlp.{p}_proj": chosen["rho"]
-                for i in chosen["layers"]
-                for p in chosen["projections"]
-            },
-            sites,
-        )
-        edited, edit_report = apply_plan(model.params, sites, plan, eigen, EditOptions())
-        save_model(
-            model.with_params(edited),
-            os.path.join(out_dir, "edited"),
-            metadata={"plan": plan.to_json(), "eigen": eigen.directory},
-            overwrite=True,
-        )
-        write_json_atomic(os.path.join(out_dir, "edited", "edit_report.json"), edit_report)
+        kfac = edit_model(model, eigen, chosen_cell(chosen).plan(sites))
+        write_edited_model(kfac, os.path.join(out_dir, "edited"))
+        edit_report = kfac.record["matrices"]
         variants = {
             "unedited": model.params,
-            "kfac": edited,
-            **controls(model, eigen, plan, chosen, selection, data, c, log),
+            "kfac": kfac.params,
+            **controls(model, eigen, chosen, selection, c, log),
         }
 
     with stage("evaluate"):

@@ -24,9 +24,10 @@ from kfac_mem.data import Windows, array_fingerprint
 from kfac_mem.demo.corpus import all_passages
 from kfac_mem.demo.measure import teacher_forced_strict
 from kfac_mem.demo.pipeline import Stages, mine_set
-from kfac_mem.editing import EditOptions, apply_plan, parse_plan
+from kfac_mem.editing import edit_model
 from kfac_mem.eigen_run import decompose_run
 from kfac_mem.evaluation import evaluate_tasks, perplexity, recitation, with_retention
+from kfac_mem.experiments import ChoiceRule, EditCell, Limit, edit_grid, sweep
 from kfac_mem.manifest import run_manifest
 from kfac_mem.selection import select_sites
 from kfac_mem.training import TrainConfig, train
@@ -50,6 +51,15 @@ class SmolDemoConfig:
     layer_sets: tuple[tuple[int, ...], ...] = ((19, 20, 21), (23, 24, 25), (27, 28, 29))
     rhos: tuple[float, ...] = (0.6, 0.8)
     max_ppl_increase: float = 0.30
+
+    def choice_rule(self) -> ChoiceRule:
+        """Lowest teacher-forced recitation of the memorized train split (then perplexity) among
+        settings within the perplexity limit; when none is, the one closest to it."""
+        return ChoiceRule(
+            objective=("strict_train", "ppl_ratio"),
+            limits=(Limit("ppl_ratio", hi=1 + self.max_ppl_increase),),
+        )
+
     tasks: tuple[str, ...] = (
         "basic_skills_arithmetic",
         "basic_arithmetic",
@@ -186,41 +196,25 @@ def run_smollm2_demo(
 
     ppl_base = perplexity(model, text)["perplexity"]
     with stage("sweep"):
-        rows = []
-        for layer_set in c.layer_sets:
-            for rho in c.rhos:
-                plan = parse_plan(
-                    {
-                        f"model.layers.{i}.mlp.{p}_proj": rho
-                        for i in layer_set
-                        for p in ("gate", "up")
-                    },
-                    sites,
-                )
-                params, _ = apply_plan(
-                    model.params, sites, plan, eigen, EditOptions(compute_rank=False)
-                )
-                row = {
-                    "layers": list(layer_set),
-                    "rho": rho,
-                    "strict_train": teacher_forced_strict(model, mem["train"], params),
-                    "ppl_ratio": perplexity(model, text, params)["perplexity"] / ppl_base,
-                }
-                rows.append(row)
-                log(
-                    f"   L{layer_set} rho {rho}: strict {row['strict_train']:.2f} ppl x{row['ppl_ratio']:.2f}"
-                )
-        ok = [r for r in rows if r["ppl_ratio"] <= 1 + c.max_ppl_increase] or rows
-        chosen = min(ok, key=lambda r: (r["strict_train"], r["ppl_ratio"]))
-        plan = parse_plan(
-            {
-                f"model.layers.{i}.mlp.{p}_proj": chosen["rho"]
-                for i in chosen["layers"]
-                for p in ("gate", "up")
-            },
-            sites,
-        )
-        edited, edit_report = apply_plan(model.params, sites, plan, eigen, EditOptions())
+
+        def measure_edit(params) -> dict[str, Any]:
+            return {
+                "strict_train": teacher_forced_strict(model, mem["train"], params),
+                "ppl_ratio": perplexity(model, text, params)["perplexity"] / ppl_base,
+            }
+
+        def describe(row) -> str:
+            return (
+                f"L{tuple(row['layers'])} rho {row['rho']}: strict {row['strict_train']:.2f} "
+                f"ppl x{row['ppl_ratio']:.2f}"
+            )
+
+        cells = edit_grid(c.layer_sets, [("gate", "up")], c.rhos)
+        rows = sweep(model, eigen, cells, measure_edit, describe=describe, log=log)
+        chosen = c.choice_rule().choose(rows)
+        cell = EditCell(tuple(chosen["layers"]), ("gate", "up"), chosen["rho"])
+        kfac = edit_model(model, eigen, cell.plan(sites))
+        edited, edit_report = kfac.params, kfac.record["matrices"]
 
     with stage("evaluate"):
         t0 = time.time()

@@ -1,107 +1,69 @@
-"""Choosing the edit on the selection splits only, and the controls at the chosen setting."""
+"""The LM demo's experiment on the harness (`kfac_mem.experiments`): its grid, its selection-split
+measure, its choice rule (`DemoConfig.choice_rule`) and its controls at the chosen setting."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kfac_mem.demo import measure
 from kfac_mem.demo.config import DemoConfig
-from kfac_mem.editing import EditOptions, apply_plan, parse_plan
 from kfac_mem.evaluation import perplexity
-
-
-def _plan(sites, layers, projections, value):
-    return parse_plan(
-        {f"model.layers.{i}.mlp.{p}_proj": value for i in layers for p in projections}, sites
-    )
+from kfac_mem.experiments import EditCell, edit_grid, edited_params, matched_control
+from kfac_mem.experiments import sweep as run_sweep
 
 
 def sweep(
     model, data, eigen, selection: measure.EvalSets, c: DemoConfig, base: dict, log
 ) -> list[dict]:
-    """Quick metrics of every (layers, projections, ρ) of the grid."""
-    sites = model.linear_sites()
-    rows = []
-    for layers in c.layer_sets:
-        for projections in c.projection_sets:
-            for rho in c.rhos:
-                params, _ = apply_plan(
-                    model.params,
-                    sites,
-                    _plan(sites, layers, projections, rho),
-                    eigen,
-                    EditOptions(compute_rank=False),
-                )
-                m = measure.quick(model, data, selection, params)
-                row = {
-                    "layers": list(layers),
-                    "projections": list(projections),
-                    "rho": rho,
-                    **m,
-                    "ppl_ratio": m["perplexity"] / base["perplexity"],
-                    "retention": {
-                        g: _ratio(m["skills"][g], base["skills"][g]) for g in m["skills"]
-                    },
-                }
-                rows.append(row)
-                log(
-                    f"   L{'+'.join(map(str, layers))} {'+'.join(projections)} rho {rho}: strict "
-                    f"{row['strict_memorized_train']:.2f} ppl x{row['ppl_ratio']:.2f} retention "
-                    + " ".join(f"{g} {v:.2f}" for g, v in row["retention"].items())
-                )
-    return rows
+    """Quick metrics of every (layers, projections, ρ) of the grid on the selection splits."""
+
+    def measure_edit(params) -> dict[str, Any]:
+        m = measure.quick(model, data, selection, params)
+        return {
+            **m,
+            "ppl_ratio": m["perplexity"] / base["perplexity"],
+            "retention": {g: _ratio(m["skills"][g], base["skills"][g]) for g in m["skills"]},
+        }
+
+    cells = edit_grid(c.layer_sets, c.projection_sets, c.rhos)
+    return run_sweep(model, eigen, cells, measure_edit, describe=_describe, log=log)
+
+
+def chosen_cell(chosen: dict[str, Any]) -> EditCell:
+    return EditCell(tuple(chosen["layers"]), tuple(chosen["projections"]), chosen["rho"])
+
+
+def controls(
+    model, eigen, chosen: dict, selection: measure.EvalSets, c: DemoConfig, log
+) -> dict[str, Any]:
+    """SVD truncation of the same matrices at the drop fraction whose selection perplexity is
+    closest to the K-FAC edit's, and the K-FAC kept set in random orthogonal bases."""
+    cell = chosen_cell(chosen)
+    row, svd_params, _ = matched_control(
+        model,
+        eigen,
+        [cell.with_knob(d) for d in c.svd_drops],
+        lambda params: perplexity(model, selection.text, params),
+        "perplexity",
+        chosen["perplexity"],
+    )
+    log(f"   SVD control: drop {row['drop']:.2f} of the singular components (closest perplexity)")
+    chosen["svd_drop"] = row["drop"]
+    random_params = edited_params(model, eigen, cell, "random", seed=c.seed)
+    return {"svd": svd_params, "random_basis": random_params}
 
 
 def _ratio(after: float, before: float) -> float:
     return after / before if before > 0 else float("nan")
 
 
-def choose(rows: list[dict], base: dict, c: DemoConfig) -> dict:
-    """Lowest selection-split recitation among edits within the perplexity and protected-skill
-    limits; if none is within them, the lowest recitation among those closest to the limits."""
-
-    def violation(r):
-        v = max(0.0, r["ppl_ratio"] - (1 + c.max_ppl_increase))
-        for g in c.protected_groups:
-            ret = r["retention"].get(g, 1.0)
-            v += max(0.0, c.min_retention - (ret if ret == ret else 1.0))
-        return v
-
-    ranked = sorted(
-        rows,
-        key=lambda r: (violation(r) > 0, violation(r), r["strict_memorized_train"], r["ppl_ratio"]),
+def _describe(row: dict[str, Any]) -> str:
+    retention = " ".join(
+        f"{g} {'n/a' if math.isnan(v) else f'{v:.2f}'}" for g, v in row["retention"].items()
     )
-    best = dict(ranked[0])
-    best["feasible"] = violation(best) == 0
-    return best
-
-
-def controls(
-    model, eigen, plan, chosen: dict, selection: measure.EvalSets, data, c: DemoConfig, log
-) -> dict[str, Any]:
-    """SVD truncation of the same matrices at the drop fraction whose selection perplexity is
-    closest to the K-FAC edit's, and the K-FAC kept set in random orthogonal bases."""
-    sites = model.linear_sites()
-    best = None
-    for drop in c.svd_drops:
-        params, _ = apply_plan(
-            model.params,
-            sites,
-            _plan(sites, chosen["layers"], chosen["projections"], drop),
-            eigen,
-            EditOptions(method="svd", compute_rank=False),
-        )
-        ppl = perplexity(model, selection.text, params)["perplexity"]
-        gap = abs(ppl - chosen["perplexity"])
-        if best is None or gap < best[0]:
-            best = (gap, drop, params)
-    log(f"   SVD control: drop {best[1]:.2f} of the singular components (closest perplexity)")
-    random_params, _ = apply_plan(
-        model.params,
-        sites,
-        plan,
-        eigen,
-        EditOptions(method="random", seed=c.seed, compute_rank=False),
+    return (
+        f"L{'+'.join(map(str, row['layers']))} {'+'.join(row['projections'])} rho {row['rho']}: "
+        f"strict {row['strict_memorized_train']:.2f} ppl x{row['ppl_ratio']:.2f} "
+        f"retention {retention}"
     )
-    chosen["svd_drop"] = best[1]
-    return {"svd": best[2], "random_basis": random_params}

@@ -5,6 +5,7 @@ reconstruct  W' = U_G((U_Gᵀ W U_A) ⊙ M)U_Aᵀ, two-arm staircase products
 controls     SVD truncation, Haar-random bases
 plan         `EditPlan` from --layers-json / a JSON or YAML file / short flags
 apply        edit a params tree and report per matrix
+record       `edit_model`: the edit and its record (the one edited-model schema)
 report       the printed table
 """
 
@@ -17,6 +18,7 @@ from kfac_mem.editing.plan import (
     plan_from_flags,
     plan_from_json,
 )
+from kfac_mem.editing.record import EditedModel, edit_model, write_edited_model
 from kfac_mem.editing.selection import (
     NO_EDIT_RHO,
     Selection,
@@ -30,10 +32,12 @@ __all__ = [
     "NO_EDIT_RHO",
     "EditOptions",
     "EditPlan",
+    "EditedModel",
     "Selection",
     "Spectrum",
     "apply_plan",
     "edit_kernel",
+    "edit_model",
     "edit_weight",
     "parse_plan",
     "plan_from_file",
@@ -41,4 +45,5 @@ __all__ = [
     "plan_from_json",
     "select_band",
     "select_mass",
+    "write_edited_model",
 ]

@@ -10,13 +10,15 @@ and peak rates; tokens/s and the time for a token budget follow from it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
 from kfac_mem.aot import CompiledCost, compile_cost, is_out_of_memory
-from kfac_mem.plan.chips import Chip, chip_for
+from kfac_mem.collect import REDUCE_MODES
+from kfac_mem.plan.chips import GIB, Chip, chip_for
 from kfac_mem.plan.devices import build_mesh, topology_devices
 from kfac_mem.plan.stages import (
     STAGES,
@@ -49,15 +51,18 @@ class PlanRequest:
     seq_len: int = 512
     layer_ids: tuple[str, ...] = ()
     mode: str = "sampled"
-    reduce: str = "checkpoint"
+    reduce: str = "auto"  # collect: "auto" (the fastest that fits), "checkpoint" or "step"
     max_new_tokens: int = 48
     search: bool = True
     max_search_compiles: int = 8
     token_budget: int = 20_000_000
+    memory_gib: float | None = None  # per-device budget in place of the chip's HBM (headroom, CPU)
 
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"`stage` must be one of {STAGES}, got {self.stage!r}.")
+        if self.reduce not in REDUCE_MODES:
+            raise ValueError(f"`reduce` must be one of {REDUCE_MODES}, got {self.reduce!r}.")
         if self.batch_size < 1 or self.seq_len < 2:
             raise ValueError("`batch_size` must be >= 1 and `seq_len` >= 2.")
 
@@ -92,7 +97,7 @@ def roofline(
 ) -> dict[str, Any] | None:
     """ESTIMATE (not measured): per-device step time as the largest of compute, HBM and ICI time at
     peak rates, and the tokens/s and time for `budget` tokens it implies."""
-    if chip is None or cost.flops is None:
+    if chip is None or cost.flops is None or not chip.bf16_flops:
         return None
     t_compute = cost.flops / chip.bf16_flops
     t_hbm = (cost.bytes_accessed or 0.0) / chip.hbm_bandwidth
@@ -218,6 +223,58 @@ def _search_complete(best: int | None, tried: list[ProgramResult], multiple: int
     return any(b - best <= multiple and b > best for b in bad)
 
 
+def _batched(
+    build: Callable[[int], StageProgram], b: int, chip: Chip | None, n_data: int, r: PlanRequest
+) -> tuple[list[ProgramResult], dict[str, Any] | None]:
+    """The program at batch `b`, and (with `r.search`) the largest batch that fits."""
+    results = [_try(build(b), chip)]
+    if not (r.search and chip is not None):
+        return results, None
+    best, tried = largest_batch(build, chip, b, n_data, r.max_search_compiles, first=results[0])
+    search = {
+        "largest_fitting_batch": best,
+        "multiple_of": n_data,
+        "tried": [
+            {
+                "batch_size": t.batch_size,
+                "fits": t.fits,
+                "total_bytes": t.cost.total_bytes if t.cost else None,
+            }
+            for t in tried
+        ],
+        "complete": _search_complete(best, tried, n_data),
+    }
+    best_result = next((t for t in tried if t.batch_size == best), None)
+    if best_result is not None and best != b:
+        results.append(best_result)
+    return results, search
+
+
+def _reduce_choice(
+    requested: str, chosen: str, per_mode: dict[str, Any], batch: int
+) -> dict[str, Any]:
+    """Which reduce mode the plan reports, why, and what each compiled mode needed."""
+    modes = {}
+    for mode, m in per_mode.items():
+        first = m["results"][0]
+        modes[mode] = {
+            "fits": first.fits,
+            "total_bytes": first.cost.total_bytes if first.cost else None,
+            "largest_fitting_batch": (m["search"] or {}).get("largest_fitting_batch"),
+        }
+    if requested != "auto":
+        why = f"requested (reduce={requested})"
+    elif chosen == "checkpoint" and modes["checkpoint"]["fits"] is None:
+        why = "no memory budget known for this device: checkpoint, the fastest"
+    elif chosen == "checkpoint":
+        why = f"checkpoint fits at batch {batch} and needs no per-step communication"
+    elif modes["step"]["fits"]:
+        why = f"checkpoint does not fit at batch {batch} (a full partial sum per data shard)"
+    else:
+        why = f"neither mode fits at batch {batch}; step needs less memory"
+    return {"requested": requested, "chosen": chosen, "why": why, "modes": modes}
+
+
 def run_plan(request: PlanRequest, sites: Sequence[LinearSite]) -> dict[str, Any]:
     """Compile `request.stage` and return the JSON-able plan (see `kfac_mem.plan.report`)."""
     import time
@@ -226,6 +283,13 @@ def run_plan(request: PlanRequest, sites: Sequence[LinearSite]) -> dict[str, Any
     r = request
     devices = topology_devices(r.topology, r.num_slices)
     chip = chip_for(r.topology)
+    if r.memory_gib is not None:
+        budget_bytes = int(r.memory_gib * GIB)
+        chip = (
+            Chip("cpu", 0.0, budget_bytes, 0.0, 0.0, "memory budget given by the caller")
+            if chip is None
+            else dataclasses.replace(chip, hbm_bytes=budget_bytes)
+        )
     mesh_cfg = load_mesh_config(r.mesh)
     if r.mesh_sizes:
         mesh_cfg = mesh_cfg.with_sizes(**dict(r.mesh_sizes))
@@ -235,43 +299,41 @@ def run_plan(request: PlanRequest, sites: Sequence[LinearSite]) -> dict[str, Any
     model = abstract_model(r.config, mesh, rules)
     budget = r.token_budget
 
-    def build(b: int) -> StageProgram:
+    def build(b: int, reduce: str = "step") -> StageProgram:
         if r.stage == "collect":
-            return collect_program(model, sites, b, r.seq_len, r.mode, r.reduce)
+            return collect_program(model, sites, b, r.seq_len, r.mode, reduce)
         if r.stage == "generate":
             return generate_program(model, b, r.seq_len, r.max_new_tokens)
         return bsn_program(model, sites, b, r.seq_len)
 
     results: list[ProgramResult] = []
     search: dict[str, Any] | None = None
+    reduce_choice: dict[str, Any] | None = None
     if r.stage in ("collect", "generate", "bsn"):
         b = r.batch_size
         if b % n_data:
             raise ValueError(
-                f"--batch-size {b} must be a multiple of the {n_data} data shards of mesh "
+                f"`batch_size` {b} must be a multiple of the {n_data} data shards of mesh "
                 f"{dict(mesh.shape)} (collection splits every batch evenly)."
             )
-        results.append(_try(build(b), chip))
-        if r.search and chip is not None:
-            best, tried = largest_batch(
-                build, chip, b, n_data, r.max_search_compiles, first=results[0]
+        if r.stage != "collect":
+            results, search = _batched(build, b, chip, n_data, r)
+        else:
+            # "checkpoint" is the fastest (no per-step communication); "auto" falls back to "step"
+            # when it does not fit, as `collect` does (`kfac_mem.collect`, reduce modes).
+            modes = ("checkpoint", "step") if r.reduce == "auto" else (r.reduce,)
+            per_mode: dict[str, Any] = {}
+            for mode in modes:
+                res, srch = _batched(functools.partial(build, reduce=mode), b, chip, n_data, r)
+                per_mode[mode] = {"results": res, "search": srch}
+                if r.reduce == "auto" and res[0].fits is not False:
+                    break
+            chosen = next(
+                (m for m in per_mode if per_mode[m]["results"][0].fits is not False),
+                list(per_mode)[-1],
             )
-            search = {
-                "largest_fitting_batch": best,
-                "multiple_of": n_data,
-                "tried": [
-                    {
-                        "batch_size": t.batch_size,
-                        "fits": t.fits,
-                        "total_bytes": t.cost.total_bytes if t.cost else None,
-                    }
-                    for t in tried
-                ],
-                "complete": _search_complete(best, tried, n_data),
-            }
-            best_result = next((t for t in tried if t.batch_size == best), None)
-            if best_result is not None and best != b:
-                results.append(best_result)
+            results, search = per_mode[chosen]["results"], per_mode[chosen]["search"]
+            reduce_choice = _reduce_choice(r.reduce, chosen, per_mode, b)
     elif r.stage == "decompose":
         results = [_try(p, chip) for p in decompose_programs(sites, mesh, rules)]
     else:  # edit
@@ -293,7 +355,8 @@ def run_plan(request: PlanRequest, sites: Sequence[LinearSite]) -> dict[str, Any
         "seq_len": r.seq_len,
         "sites": [s.id for s in sites],
         "mode": r.mode,
-        "reduce": r.reduce,
+        "reduce": r.reduce if reduce_choice is None else reduce_choice["chosen"],
+        "reduce_choice": reduce_choice,
         "programs": [x.to_dict(chip, budget) for x in results],
         "batch_search": search,
         "seconds": time.perf_counter() - t0,

@@ -60,6 +60,19 @@ def plan_markdown(plan: dict[str, Any]) -> str:
             f"{(c['flops'] or 0) / 1e9:.1f} | {(c['bytes_accessed'] or 0) / 1e9:.2f} | {coll} | "
             f"{c['compile_seconds']:.1f} |"
         )
+    rc = plan.get("reduce_choice")
+    if rc:
+        per = "; ".join(
+            f"{m}: {'fits' if v['fits'] else ('no budget' if v['fits'] is None else 'does not fit')}"
+            + (f", {_gib(v['total_bytes'])} GiB" if v["total_bytes"] is not None else "")
+            + (
+                f", largest batch {v['largest_fitting_batch']}"
+                if v["largest_fitting_batch"] is not None
+                else ""
+            )
+            for m, v in rc["modes"].items()
+        )
+        lines += ["", f"Reduce mode: **{rc['chosen']}** ({rc['why']}). Compiled: {per}."]
     s = plan.get("batch_search")
     if s:
         tried = ", ".join(f"{t['batch_size']}:{'fits' if t['fits'] else 'no'}" for t in s["tried"])

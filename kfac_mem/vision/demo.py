@@ -40,8 +40,17 @@ import numpy as np
 from kfac_mem.atomic import write_json_atomic, write_text_atomic
 from kfac_mem.collect import CollectConfig, collect
 from kfac_mem.data import LabelledExamples, array_fingerprint
-from kfac_mem.editing import EditOptions, apply_plan, parse_plan
+from kfac_mem.editing import EditOptions, edit_model, write_edited_model
 from kfac_mem.eigen_run import decompose_run
+from kfac_mem.experiments import (
+    ChoiceRule,
+    EditCell,
+    Limit,
+    edit_grid,
+    edited_params,
+    matched_control,
+    sweep,
+)
 from kfac_mem.manifest import run_manifest
 from kfac_mem.selection import select_sites
 from kfac_mem.stats import compare_paired, fmt_diff, fmt_pct, proportion
@@ -103,6 +112,17 @@ class VisionDemoConfig:
     rhos: tuple[float, ...] = (0.6, 0.75, 0.9)
     clean_tolerance: float = 0.02
     svd_drops: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+    def choice_rule(self, base_clean_accuracy: float) -> ChoiceRule:
+        """Lowest selection-part memorization among settings whose clean selection accuracy stays
+        within `clean_tolerance` of the unedited model's; ties: higher clean accuracy, then larger
+        ρ (the smaller edit). When none does, the one closest to the limit (highest accuracy)."""
+        return ChoiceRule(
+            objective=("selection_noisy_label_memorized", "-selection_clean_accuracy", "-rho"),
+            limits=(
+                Limit("selection_clean_accuracy", lo=base_clean_accuracy - self.clean_tolerance),
+            ),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -349,69 +369,53 @@ def run_vision_demo(
         eigen = decompose_run(factors, os.path.join(out, "eigen"), mesh, rules, overwrite=True)
 
     last = model.config.num_layers - 1
-    layer_sets = {"first": [0], "last": [last], "first+last": [0, last]}
-    options = EditOptions(compute_rank=False)
+    layer_sets = {"first": (0,), "last": (last,), "first+last": (0, last)}
+    names = {layers: name for name, layers in layer_sets.items()}
 
-    def plan_for(layers, value):
-        return parse_plan({str(i): {p: value for p in config.projections} for i in layers}, sites)
+    def measure_selection(params) -> dict[str, Any]:
+        m = measure(model, params, noisy, validation=False)["selection"]
+        return {
+            "selection_noisy_label_memorized": m["noisy_label_memorized"],
+            "selection_clean_accuracy": m["clean_train_accuracy"],
+        }
 
+    def describe(row) -> str:
+        return (
+            f"{names[tuple(row['layers'])]:>10} rho {row['rho']:.2f}: selection memorized "
+            f"{row['selection_noisy_label_memorized']:.1%}, clean "
+            f"{row['selection_clean_accuracy']:.1%}"
+        )
+
+    rule = config.choice_rule(before["selection"]["clean_train_accuracy"])
     with stage("sweep"):
-        base_sel = before["selection"]
-        rows = []
-        for set_name, layers in layer_sets.items():
-            for rho in config.rhos:
-                edited, _ = apply_plan(model.params, sites, plan_for(layers, rho), eigen, options)
-                m = measure(model, edited, noisy, validation=False)["selection"]
-                rows.append(
-                    {
-                        "layers": layers,
-                        "layer_set": set_name,
-                        "projections": list(config.projections),
-                        "rho": rho,
-                        "selection_noisy_label_memorized": m["noisy_label_memorized"],
-                        "selection_clean_accuracy": m["clean_train_accuracy"],
-                        "eligible": m["clean_train_accuracy"]
-                        >= base_sel["clean_train_accuracy"] - config.clean_tolerance,
-                    }
-                )
-                log(
-                    f"   {set_name:>10} rho {rho:.2f}: selection memorized "
-                    f"{m['noisy_label_memorized']:.1%}, clean {m['clean_train_accuracy']:.1%}"
-                )
-        chosen = choose(rows)
+        cells = edit_grid(list(layer_sets.values()), [config.projections], config.rhos)
+        rows = sweep(model, eigen, cells, measure_selection, describe=describe, log=log)
+        for row in rows:
+            row["layer_set"] = names[tuple(row["layers"])]
+            row["eligible"] = rule.violation(row) == 0
+        chosen = rule.choose(rows)
         log(
             f"   chosen: layers {chosen['layers']} {'+'.join(chosen['projections'])} rho "
             f"{chosen['rho']}{'' if chosen['eligible'] else ' (no setting kept clean accuracy)'}"
         )
 
     with stage("edit"):
-        kfac_plan = plan_for(chosen["layers"], chosen["rho"])
-        kfac_params, kfac_report = apply_plan(model.params, sites, kfac_plan, eigen, EditOptions())
-        svd_rows = []
-        svd_opts = EditOptions(method="svd", compute_rank=False)
-        for drop in config.svd_drops:
-            p, _ = apply_plan(model.params, sites, plan_for(chosen["layers"], drop), None, svd_opts)
-            m = measure(model, p, noisy, validation=False)["selection"]
-            svd_rows.append(
-                {
-                    "drop": drop,
-                    "selection_noisy_label_memorized": m["noisy_label_memorized"],
-                    "selection_clean_accuracy": m["clean_train_accuracy"],
-                }
-            )
-        target = chosen["selection_noisy_label_memorized"]
-        svd_pick = min(
-            svd_rows, key=lambda r: (abs(r["selection_noisy_label_memorized"] - target), r["drop"])
+        cell = EditCell(tuple(chosen["layers"]), tuple(config.projections), chosen["rho"])
+        kfac = edit_model(model, eigen, cell.plan(sites))
+        svd_pick, _, svd_rows = matched_control(
+            model,
+            None,
+            [cell.with_knob(d) for d in config.svd_drops],
+            measure_selection,
+            "selection_noisy_label_memorized",
+            chosen["selection_noisy_label_memorized"],
         )
-        svd_plan = plan_for(chosen["layers"], svd_pick["drop"])
-        svd_params, svd_report = apply_plan(model.params, sites, svd_plan, None, EditOptions("svd"))
-        edited_model = model.with_params(kfac_params)
-        save_model(
-            edited_model,
-            os.path.join(out, "edited"),
-            {"plan": kfac_plan.to_json(), "eigen": eigen.directory, "edit_report": kfac_report},
-            overwrite=True,
+        svd = edit_model(
+            model, None, cell.with_knob(svd_pick["drop"]).plan(sites), EditOptions("svd")
         )
+        write_edited_model(kfac, os.path.join(out, "edited"))
+        kfac_params, kfac_report = kfac.params, kfac.record["matrices"]
+        svd_params, svd_report = svd.params, svd.record["matrices"]
 
     with stage("evaluate"):  # validation is looked at only now, after every choice is made
         results = {
@@ -422,8 +426,8 @@ def run_vision_demo(
         # Every sweep setting on all training images and validation, for the report only (the
         # choice above was already made on the selection part).
         for row in rows:
-            p, _ = apply_plan(
-                model.params, sites, plan_for(row["layers"], row["rho"]), eigen, options
+            p = edited_params(
+                model, eigen, EditCell(tuple(row["layers"]), cell.projections, row["rho"])
             )
             m = measure(model, p, noisy, validation=True)
             row["posthoc"] = {
@@ -458,23 +462,6 @@ def run_vision_demo(
         f"{'met' if summary['targets_met'] else 'NOT met'}; {out}/summary.json"
     )
     return summary
-
-
-def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Lowest selection-part memorization among eligible rows (clean selection accuracy within
-    tolerance); ties: higher clean accuracy, then larger ρ (the smaller edit). With no eligible
-    row, the row with the highest clean accuracy."""
-    eligible = [r for r in rows if r["eligible"]]
-    if eligible:
-        return min(
-            eligible,
-            key=lambda r: (
-                round(r["selection_noisy_label_memorized"], 6),
-                -r["selection_clean_accuracy"],
-                -r["rho"],
-            ),
-        )
-    return max(rows, key=lambda r: (r["selection_clean_accuracy"], r["rho"]))
 
 
 TABLE2_MEASURES = ("noisy_label_memorized", "true_label_recovered", "val_accuracy")
