@@ -60,6 +60,7 @@ def assert_same(a, b, rtol):
 
 
 @pytest.mark.multiprocess
+@pytest.mark.slow  # 48 s; resume logic is in the default suite (test_collect.py::test_resume_*)
 def test_killed_run_resumes_to_the_same_factors(mesh8, tmp_path):
     tokens = str(tmp_path / "tokens.npy")
     np.save(tokens, np.random.RandomState(0).randint(0, 256, (96, 16)).astype(np.int32))

@@ -159,6 +159,7 @@ def test_tokenizer_round_trip(smollm2):
     )
 
 
+@pytest.mark.slow  # the perplexity parity test checks the same forward in the default suite
 def test_greedy_continuation_is_paris(smollm2):
     prompt = smollm2.tokenizer.encode("The capital of France is").ids
     out = models.greedy_generate(smollm2, [prompt], 3, batch_size=1)[0]
