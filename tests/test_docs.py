@@ -76,7 +76,7 @@ MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users)/[\w.+-]+")
 
 def test_committed_results_name_no_machine_paths():
     """Reports, summaries and docs are read on other machines: paths in them are relative to the
-    checkout (a report naming /work/... of the machine that wrote it is a leak and a dead link)."""
+    checkout (an absolute path of the machine that wrote a report is a leak and a dead link)."""
     leaks = []
     for path in repo_files((".md", ".json", ".jsonl", ".txt")):
         text = open(path, encoding="utf-8").read()
