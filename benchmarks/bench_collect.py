@@ -29,14 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfac_mem.collect import (
-    CollectConfig,
-    factor_shardings,
-    make_step,
-    partial_shardings,
-    zero_sums,
-)
-from kfac_mem.selection import select_sites
+from kfac_mem.collection.accumulate import factor_shardings, make_step, partial_shardings, zero_sums
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.sharding import logical_to_sharding, make_mesh
 from models import DecoderConfig, LanguageModel, init_params
 

@@ -4,7 +4,7 @@ Usage (libtpu installed; compile-only devices from `jax.experimental.topologies`
   python benchmarks/bench_collect_memory.py [--rows NAME,...] [--out benchmarks/results/collect_memory_tpu.md]
 
 For each row (model, sites, topology, batch, sequence 512, sampled labels, bf16 parameters and
-activations, `fsdp` mesh) the real `kfac_mem.collect` step is compiled twice:
+activations, `fsdp` mesh) the real `kfac_mem.collection` step is compiled twice:
   before: the scheme of the previous release: reduce="checkpoint" (per-shard full partials, the
           old default) or, where the row says so, reduce="step" with every site "scatter" (full
           local outer product, then reduce-scatter);
@@ -40,8 +40,9 @@ import numpy as np
 from jax.experimental import topologies
 from jax.sharding import Mesh
 
-from kfac_mem.collect import CollectConfig, choose_reduce, compile_step
-from kfac_mem.selection import select_sites
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.reduce import choose_reduce, compile_step
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.sharding import load_mesh_config, logical_to_sharding
 from models import LanguageModel
 from models.config import olmo2_1b, olmo2_7b

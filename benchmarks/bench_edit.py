@@ -24,9 +24,9 @@ import jax
 import numpy as np
 import scipy.fft
 
+from kfac_mem.decomposition.eigh import precision_scope
 from kfac_mem.editing.reconstruct import masked_product, staircase_plan
 from kfac_mem.editing.selection import Selection, Spectrum, select_mass
-from kfac_mem.eigen import precision_scope
 
 SPECTRA = {
     # name: (a, b, outlier)

@@ -1,4 +1,4 @@
-"""Benchmark: stacked sharded eigh (`kfac_mem.eigen.stacked_eigh`) against scipy.linalg.eigh on the
+"""Benchmark: stacked sharded eigh (`kfac_mem.decomposition.eigh.stacked_eigh`) against scipy.linalg.eigh on the
 same matrices (goal: within 1.1× of scipy).
 
 Repeats are interleaved across the three implementations and the best of each is kept.
@@ -56,7 +56,7 @@ def main() -> None:
     import numpy as np
     import scipy.linalg
 
-    from kfac_mem.eigen import precision_scope, stacked_eigh
+    from kfac_mem.decomposition.eigh import precision_scope, stacked_eigh
     from kfac_mem.sharding import make_mesh
 
     mesh, rules = make_mesh("data")

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfac_mem.capture import inputs_and_output_grads
-from kfac_mem.kfac_jax_engine import _block_factors, _estimator
-from kfac_mem.selection import input_groups, select_sites
+from kfac_mem.collection.capture import inputs_and_output_grads
+from kfac_mem.collection.kfac_jax_engine import _block_factors, _estimator
+from kfac_mem.collection.sites import input_groups, select_sites
 from models import load_pretrained
 
 

@@ -67,7 +67,7 @@ class Windows:
 @dataclasses.dataclass(frozen=True)
 class LabelledExamples:
     """Labelled examples for classifiers (images [N, H, W, C] float32 + labels [N] int32) with
-    provenance: the same data-source interface as `Windows`, so `kfac_mem.collect` streams them
+    provenance: the same data-source interface as `Windows`, so `kfac_mem.collection` streams them
     through the same code path; a batch is (inputs, labels), what `VisionModel.loss_targets`
     takes. Which positions count (the CLS position for a ViT) is the model's `loss_targets`'
     position weights."""

@@ -1,7 +1,7 @@
 """Factor runs written directly in the collector's on-disk format (for eigen/edit tests).
 
 `write_factor_run` stores random SPD sums (A per input group, G per site) with `save_state` and a
-metadata.json exactly as `kfac_mem.collect` writes them, so tests need no collection pass.
+metadata.json exactly as `kfac_mem.collection` writes them, so tests need no collection pass.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kfac_mem.atomic import write_json_atomic
-from kfac_mem.factors import (
+from kfac_mem.collection.store import (
     FORMAT,
     METADATA,
     FactorSums,

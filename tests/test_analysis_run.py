@@ -15,11 +15,12 @@ import pytest
 
 from kfac_mem.analysis import AnalyzeOptions, analyze, open_arrays, read_report
 from kfac_mem.cli import main as cli_main
-from kfac_mem.collect import CollectConfig, collect
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.head_loss import head_cotangent
+from kfac_mem.collection.run import collect
 from kfac_mem.data import Windows, array_fingerprint
+from kfac_mem.decomposition.store import decompose_run, load_eigen
 from kfac_mem.editing import EditOptions, Spectrum, apply_plan, parse_plan, select_band
-from kfac_mem.eigen_run import decompose_run, load_eigen
-from kfac_mem.head_loss import head_cotangent
 from models import load_pretrained, save_model
 from models.sites import get_path, set_path
 

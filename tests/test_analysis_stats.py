@@ -13,8 +13,8 @@ from kfac_mem.analysis.per_example import band_strength, gamma_stats
 from kfac_mem.analysis.sets import as_example_set, load_set, parse_set_flag, position_mask
 from kfac_mem.analysis.spectrum import spectrum_summary
 from kfac_mem.analysis.summary import DirectionCounts, brute_force_overlap, derived
+from kfac_mem.decomposition.store import SiteEigen
 from kfac_mem.editing.selection import Spectrum, select_band, select_mass
-from kfac_mem.eigen_run import SiteEigen
 from models.sites import make_site
 
 

@@ -13,20 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kfac_mem.collect import (
-    CollectConfig,
-    NonFiniteError,
-    batch_shardings,
-    choose_reduce,
-    collect,
-    global_batch,
-    make_step,
-    partial_shardings,
-    zero_sums,
-)
+from kfac_mem.collection.accumulate import make_step, partial_shardings, zero_sums
+from kfac_mem.collection.batches import batch_shardings, global_batch
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.head_loss import head_cotangent
+from kfac_mem.collection.reduce import choose_reduce
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import input_groups, select_sites
 from kfac_mem.data import Windows, array_fingerprint, load_windows
-from kfac_mem.head_loss import head_cotangent
-from kfac_mem.selection import input_groups, select_sites
+from kfac_mem.errors import NonFiniteError
 from kfac_mem.sharding import logical_to_sharding, make_mesh
 from models import load_pretrained
 
@@ -280,7 +275,7 @@ def test_kfac_jax_engine_equals_native(mesh8, tmp_path, mode):
 
 
 def test_import_kfac_jax_state(tmp_path):
-    from kfac_mem.kfac_jax_engine import _estimator, import_kfac_jax_state
+    from kfac_mem.collection.kfac_jax_engine import _estimator, import_kfac_jax_state
 
     model = load_pretrained("tiny-olmo2")
     sites = select_sites(model.linear_sites(), layers=[0], projections=["up", "down"])

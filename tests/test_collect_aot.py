@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from kfac_mem.collect import CollectConfig, compile_step
-from kfac_mem.selection import select_sites
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.reduce import compile_step
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.sharding import load_mesh_config, logical_to_sharding
 from models import DecoderConfig, LanguageModel
 from models.language_model import abstract_params

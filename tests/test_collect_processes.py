@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from kfac_mem import load_factors
-from kfac_mem.collect import CollectConfig, collect
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.data import load_windows
-from kfac_mem.selection import select_sites
 from models import load_pretrained
 
 COLLECT = [

@@ -26,11 +26,12 @@ from kfac_mem.baselines.stress import (
 )
 from kfac_mem.baselines.table import markdown
 from kfac_mem.cli import main as cli_main
-from kfac_mem.collect import CollectConfig, collect
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.data import Windows, array_fingerprint
-from kfac_mem.eigen_run import decompose_run
+from kfac_mem.decomposition.store import decompose_run
 from kfac_mem.evaluation import perplexity
-from kfac_mem.selection import select_sites
 
 
 @pytest.fixture(scope="module")

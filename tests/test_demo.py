@@ -13,8 +13,8 @@ import pytest
 
 from kfac_mem import load_factors
 from kfac_mem.cli import main
+from kfac_mem.decomposition.store import load_eigen
 from kfac_mem.demo.config import tiny
-from kfac_mem.eigen_run import load_eigen
 from models import load_pretrained
 from models.sites import get_path
 

@@ -18,6 +18,13 @@ from factor_fixtures import write_factor_run
 
 from kfac_mem import load_factors
 from kfac_mem.cli import main as cli_main
+from kfac_mem.decomposition.eigh import precision_scope
+from kfac_mem.decomposition.store import (
+    SiteEigen,
+    decompose_run,
+    load_eigen,
+    save_corrected_eigenvalues,
+)
 from kfac_mem.editing import (
     EditOptions,
     Spectrum,
@@ -31,8 +38,6 @@ from kfac_mem.editing import (
 )
 from kfac_mem.editing.reconstruct import masked_product
 from kfac_mem.editing.selection import kronecker_curvature, staircase_by_count
-from kfac_mem.eigen import precision_scope
-from kfac_mem.eigen_run import SiteEigen, decompose_run, load_eigen, save_corrected_eigenvalues
 from models import export_hf, load_pretrained
 from models.language_model import param_shardings
 from models.sites import decoder_sites, get_path
@@ -283,8 +288,10 @@ def test_ekfac_hook(tiny, eigen_dir, tmp_path):
         edit_weight(w, 0.6, opts, e, eigen, name=GATE0)
     # Stored in float64: the very products the staircase path ranks (same ties, same winner).
     pi_kfac = kronecker_curvature(e.lam, e.mu)
-    save_corrected_eigenvalues(run_dir, {GATE0: pi_kfac})
+    analysis = str(tmp_path / "analysis")
+    save_corrected_eigenvalues(run_dir, {GATE0: pi_kfac}, analysis)
     eigen = load_eigen(run_dir)
+    eigen.use_corrected(analysis)
     dense, drow = edit_weight(w, 0.6, opts, e, eigen, name=GATE0)
     stair, srow = edit_weight(w, 0.6, EditOptions(compute_rank=False), e, name=GATE0)
     assert abs(drow["kept"] - srow["kept"]) <= 1

@@ -11,7 +11,7 @@ from factor_fixtures import random_spd, write_factor_run
 
 from kfac_mem import load_factors
 from kfac_mem.cli import main as cli_main
-from kfac_mem.eigen import (
+from kfac_mem.decomposition.eigh import (
     check_finite,
     local_rows,
     precision_scope,
@@ -19,7 +19,7 @@ from kfac_mem.eigen import (
     stacked_eigh,
     stacked_eigh_hlo,
 )
-from kfac_mem.eigen_run import decompose_run, load_eigen, save_corrected_eigenvalues
+from kfac_mem.decomposition.store import decompose_run, load_eigen, save_corrected_eigenvalues
 from models import load_pretrained
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -190,7 +190,15 @@ def test_incomplete_eigen_run_refused_and_ekfac_roundtrip(tmp_path, factor_dir):
     with pytest.raises(ValueError, match="EK-FAC"):
         eigen.corrected_eigenvalues(site)
     pi = np.random.default_rng(0).random((128, 64))
+    analysis = str(tmp_path / "analysis")
     with pytest.raises(ValueError, match="expected"):
-        save_corrected_eigenvalues(eigen.directory, {site: pi.T})
-    save_corrected_eigenvalues(eigen.directory, {site: pi}, {"examples": 3})
-    np.testing.assert_array_equal(load_eigen(eigen.directory).corrected_eigenvalues(site), pi)
+        save_corrected_eigenvalues(eigen.directory, {site: pi.T}, analysis)
+    with pytest.raises(ValueError, match="eigen run itself"):
+        save_corrected_eigenvalues(eigen.directory, {site: pi}, eigen.directory)
+    save_corrected_eigenvalues(eigen.directory, {site: pi}, analysis, {"examples": 3})
+    assert not os.path.exists(os.path.join(eigen.directory, "ekfac"))  # the eigen run is untouched
+    reread = load_eigen(eigen.directory)
+    with pytest.raises(ValueError, match="EK-FAC"):  # only from an analysis output named for it
+        reread.corrected_eigenvalues(site)
+    assert reread.use_corrected(analysis)["examples"] == 3
+    np.testing.assert_array_equal(reread.corrected_eigenvalues(site), pi)

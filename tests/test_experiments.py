@@ -13,8 +13,9 @@ import pytest
 from factor_fixtures import write_factor_run
 
 from kfac_mem import load_factors
+from kfac_mem.collection.sites import select_sites
+from kfac_mem.decomposition.store import decompose_run
 from kfac_mem.editing import EditOptions, apply_plan, edit_model, write_edited_model
-from kfac_mem.eigen_run import decompose_run
 from kfac_mem.errors import NonFiniteError
 from kfac_mem.experiments import (
     ChoiceRule,
@@ -25,7 +26,6 @@ from kfac_mem.experiments import (
     metric,
     sweep,
 )
-from kfac_mem.selection import select_sites
 from models import load_pretrained
 
 

@@ -13,12 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kfac_mem.collect import CollectConfig, collect, make_step, partial_shardings, zero_sums
+from kfac_mem.collection.accumulate import make_step, partial_shardings, zero_sums
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.data import Windows, array_fingerprint
+from kfac_mem.decomposition.store import decompose_run
 from kfac_mem.editing.apply import EditOptions, apply_plan
 from kfac_mem.editing.plan import parse_plan
-from kfac_mem.eigen_run import decompose_run
-from kfac_mem.selection import select_sites
 from kfac_mem.sharding import load_mesh_config, logical_to_sharding, make_mesh
 from models import get_config, greedy_generate, load_pretrained
 from models.language_model import param_shardings
@@ -134,7 +136,7 @@ def test_factor_collectives_only_where_designed(name):
         jnp.zeros((8, SEQ), jnp.int32),
         logical_to_sharding(("activation_batch", None), (8, SEQ), mesh, rules),
     )
-    from kfac_mem.collect import factor_shardings
+    from kfac_mem.collection.accumulate import factor_shardings
 
     hlo = {}
     for reduce in ("checkpoint", "step"):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from kfac_mem.aot import collectives_in_hlo, compile_cost
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.plan import Chip, build_mesh, largest_batch, topology_devices
 from kfac_mem.plan.stages import abstract_model, collect_program
-from kfac_mem.selection import select_sites
 from kfac_mem.sharding import load_mesh_config
 from models import LanguageModel, get_config, load_pretrained
 from models.attention import attend, attention_mask

@@ -14,7 +14,7 @@ import pytest
 from factor_fixtures import write_factor_run
 
 from kfac_mem.cli import main as cli_main
-from kfac_mem.eigen_run import decompose_run
+from kfac_mem.decomposition.store import decompose_run
 from kfac_mem.errors import CorruptArtifactError, NonFiniteError, OutputDirError, RunLockedError
 from kfac_mem.rundir import MARKER, check_output, claim, kind_of
 from models import export_hf, load_pretrained, save_model
@@ -235,7 +235,7 @@ def _corrupt_copy(eigen_dir, dest):
 
 
 def test_corrupt_eigen_chunk_is_refused_on_load(runs, tmp_path):
-    from kfac_mem.eigen_run import load_eigen
+    from kfac_mem.decomposition.store import load_eigen
 
     eigen = _corrupt_copy(runs["eigen"], tmp_path / "eigen")
     with pytest.raises((CorruptArtifactError, NonFiniteError), match=rf"{Q1}.*{eigen}.*corrupt"):
@@ -260,7 +260,8 @@ def test_deleted_metadata_of_an_interrupted_run_is_not_resumed(tiny, runs, tmp_p
         pass
     os.remove(run / "metadata.json")
     before = tree_digest(run)
-    from kfac_mem.collect import CollectConfig, collect
+    from kfac_mem.collection.config import CollectConfig
+    from kfac_mem.collection.run import collect
     from kfac_mem.data import load_windows
 
     data = tmp_path / "other.npy"

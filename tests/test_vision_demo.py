@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kfac_mem.collect import CollectConfig, collect
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.data import LabelledExamples
-from kfac_mem.selection import select_sites
 from models import init_vision_model
 
 IDS = [

@@ -10,7 +10,7 @@ random weights (float32 storage, bf16 compute); cost does not depend on the valu
 seeded random tokens. Default: layers 11-13 gate/up (a public 1B reproduction's choice),
 sampled labels, 1024 windows x 512 tokens, batch 32, ρ = 0.6, float32 eigh.
 
-Timings: `collect` is the library call (`kfac_mem.collect.collect`); JAX trace/compile seconds are
+Timings: `collect` is the library call (`kfac_mem.collection.collect`); JAX trace/compile seconds are
 read from jax.monitoring events and reported apart; the final Orbax save and the read-back of the
 sums (both inside `collect`) are re-timed afterwards and also taken out of the steady figure:
   steady tokens/s = window tokens / (collect wall − compile − save − read-back).
@@ -41,14 +41,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfac_mem import factors as fstore
-from kfac_mem.collect import CollectConfig, collect
+from kfac_mem.collection import store as fstore
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import input_groups, select_sites
 from kfac_mem.data import Windows, array_fingerprint
+from kfac_mem.decomposition.eigh import stacked_eigh
+from kfac_mem.decomposition.store import decompose_run
 from kfac_mem.editing.apply import EditOptions, apply_plan
 from kfac_mem.editing.plan import plan_from_flags
-from kfac_mem.eigen import stacked_eigh
-from kfac_mem.eigen_run import decompose_run
-from kfac_mem.selection import input_groups, select_sites
 from kfac_mem.sharding import make_mesh
 from models import load_pretrained
 

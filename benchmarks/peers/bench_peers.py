@@ -11,7 +11,7 @@ XLA:CPU alike; 1 by default: on an oversubscribed host single-threaded runs are 
 
 Stages (selections: all MLP matrices of all blocks, and gate/up of three blocks at ~72% depth):
   baseline  one plain training step per batch (fwd + bwd, all parameter gradients) per framework
-  collect   ours: `kfac_mem.collect` (JAX trace/compile seconds reported and subtracted; the
+  collect   ours: `kfac_mem.collection` (JAX trace/compile seconds reported and subtracted; the
             final Orbax save included); kron: `fit_covariance_matrices`; ref: hooks with one pass
             over all windows per group of `--ref-layers-per-pass` blocks (for all_mlp also with
             every block in one pass: `ref-1pass`, the per-token hook cost). torch pipelines get

@@ -42,7 +42,7 @@ def resampled(values: np.ndarray, size: int) -> np.ndarray:
 def spectra(args) -> dict[str, Spectrum]:
     out = {name: spectrum(args.m, args.n, *p) for name, p in SPECTRA.items()}
     if args.eigen:
-        from kfac_mem.eigen_run import load_eigen
+        from kfac_mem.decomposition.store import load_eigen
 
         e = load_eigen(args.eigen).site(args.site)
         name = f"measured {args.site.split('.', 1)[1]} (resampled)"

@@ -44,12 +44,12 @@ def collect(
     mode: str = "empirical",
     reduce: str = "step",
 ) -> dict:
-    """Run `kfac_mem.collect.collect` once; seconds (wall, incl. the final Orbax save) and the
+    """Run `kfac_mem.collection.collect` once; seconds (wall, incl. the final Orbax save) and the
     part of it spent tracing/compiling (JAX monitoring events)."""
-    from kfac_mem.collect import CollectConfig
-    from kfac_mem.collect import collect as run_collect
+    from kfac_mem.collection.config import CollectConfig
+    from kfac_mem.collection.run import collect as run_collect
+    from kfac_mem.collection.sites import select_sites
     from kfac_mem.data import load_windows
-    from kfac_mem.selection import select_sites
 
     sites = select_sites(model.linear_sites(), ids=site_ids)
     windows = load_windows([windows_npy])
@@ -73,7 +73,7 @@ def io_seconds(run, scratch: str) -> dict:
     again to `scratch`, then deleted) and the read-back that builds the returned FactorRun."""
     import shutil
 
-    from kfac_mem import factors as fstore
+    from kfac_mem.collection import store as fstore
 
     t0 = time.perf_counter()
     fstore.FactorRun(run.directory)
@@ -88,8 +88,8 @@ def io_seconds(run, scratch: str) -> dict:
 
 def decompose(factor_dir: str, eigen_dir: str, precision: str = "float32", mesh=None, rules=None):
     """`decompose_run` over every factor of a run; seconds and compile seconds."""
-    from kfac_mem.eigen_run import decompose_run
-    from kfac_mem.factors import load_factors
+    from kfac_mem.collection.store import load_factors
+    from kfac_mem.decomposition.store import decompose_run
 
     if mesh is None:
         mesh, rules = mesh1()
@@ -120,9 +120,9 @@ def edit(eigen_dir: str, weights: dict[str, np.ndarray], rho: float) -> dict:
     Returns seconds (all matrices, eigen-run reads included), select_s (selection only, timed
     again separately), the edited matrices, each one's kept mass fraction and kept pair count.
     """
+    from kfac_mem.decomposition.store import load_eigen
     from kfac_mem.editing.apply import EditOptions, edit_weight
     from kfac_mem.editing.selection import Spectrum, select_mass
-    from kfac_mem.eigen_run import load_eigen
 
     options = EditOptions(compute_rank=False)
     c0 = compile_seconds()

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from kfac_mem.analysis.sets import ExampleSet
+from kfac_mem.decomposition.store import EigenRun
 from kfac_mem.editing.apply import EditOptions, apply_plan
 from kfac_mem.editing.plan import parse_plan
-from kfac_mem.eigen_run import EigenRun
 from kfac_mem.evaluation.perplexity import window_nll
 
 SCOPES = ("joint", "per_layer", "none")

@@ -7,8 +7,9 @@ of the per-example gradients along it. Here, with Γ̃_n = U_Gᵀ Γ_n U_A:
     Π^EK_ij = Σ_n Γ̃_n,ij² / Σ_n T_n,   T_n = number of loss positions of example n,
 
 i.e. on the per-position scale of λ_i μ_j (the factors are per-position means; for windows of T
-independent positions E_n[Γ̃_n,ij²] ≈ T λ_i μ_j). They are stored in the eigen run through
-`eigen_run.save_corrected_eigenvalues`, which `kfac-mem edit --eigenvalues ekfac` reads.
+independent positions E_n[Γ̃_n,ij²] ≈ T λ_i μ_j). They are stored under the analysis output
+(`decomposition.store.save_corrected_eigenvalues`; the eigen run is never written), from where
+`kfac-mem edit --eigenvalues ekfac --ekfac DIR` reads them (docs/design.md §2.7, §5.8).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from kfac_mem.analysis.bands import KfacBands
+from kfac_mem.decomposition.store import EigenRun, save_corrected_eigenvalues
 from kfac_mem.editing.selection import Spectrum, select_mass
-from kfac_mem.eigen_run import EigenRun, save_corrected_eigenvalues
 
 NORMALIZATION = (
     "Pi_ij = sum_n Gamma~_n,ij^2 / sum_n T_n with T_n the number of loss positions of example n "
@@ -94,7 +95,7 @@ def save(eigen: EigenRun, values: dict[str, np.ndarray], info: dict[str, Any], o
     """Store corrected eigenvalues under the analysis output `out_dir` (ekfac/ + ekfac.json,
     with `info` as provenance); the eigen run is not touched. Returns `out_dir`."""
     save_corrected_eigenvalues(
-        eigen.directory, {s: v.astype(np.float32) for s, v in values.items()}, info, out_dir
+        eigen.directory, {s: v.astype(np.float32) for s, v in values.items()}, out_dir, info
     )
     eigen.release()
     return out_dir

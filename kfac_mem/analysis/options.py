@@ -8,7 +8,7 @@ import math
 from kfac_mem.analysis.ablation import SCOPES
 from kfac_mem.analysis.bands import BANDS, check_bands
 from kfac_mem.analysis.sets import POSITIONS
-from kfac_mem.head_loss import MODES
+from kfac_mem.collection.head_loss import MODES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,8 +30,8 @@ from kfac_mem.analysis.step import right_singular_vectors, site_bases, to_host
 from kfac_mem.analysis.store import ArrayWriter
 from kfac_mem.analysis.summary import ratios
 from kfac_mem.data import array_fingerprint
+from kfac_mem.decomposition.store import EigenRun, load_eigen
 from kfac_mem.editing.selection import Spectrum
-from kfac_mem.eigen_run import EigenRun, load_eigen
 from kfac_mem.manifest import run_manifest
 from kfac_mem.rundir import claim
 from models.sites import LinearSite, get_path

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from kfac_mem.analysis.bands import BANDS, check_bands
+from kfac_mem.decomposition.store import SiteEigen
 from kfac_mem.editing.selection import Spectrum, band_ranks, select_mass, staircase_by_count
-from kfac_mem.eigen_run import SiteEigen
 
 
 def staircase_mass(spec: Spectrum, counts: np.ndarray) -> float:

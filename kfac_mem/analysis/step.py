@@ -1,6 +1,6 @@
 """The analyzer's jitted, mesh-sharded step: one forward/backward per batch for every analyzed layer.
 
-Like collection (`kfac_mem.collect`), the batch is split over the mesh's data axes, parameters keep
+Like collection (`kfac_mem.collection`), the batch is split over the mesh's data axes, parameters keep
 their own sharding, and `capture.inputs_and_output_grads` yields the per-position inputs a_t and
 output gradients g_t of the summed cross-entropy (sampled or gold labels). Per layer the step then
 projects a and g onto the eigenbases (â = a U_A, ĝ = g U_G), forms per-example statistics of
@@ -26,8 +26,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from kfac_mem.analysis.bands import KfacBands, rank_bands
 from kfac_mem.analysis.per_example import band_strength, gamma_stats, project
-from kfac_mem.capture import inputs_and_output_grads
-from kfac_mem.eigen_run import SiteEigen
+from kfac_mem.collection.capture import inputs_and_output_grads
+from kfac_mem.decomposition.store import SiteEigen
 from kfac_mem.sharding import logical_to_sharding
 from models import axes
 from models.sites import LinearSite

@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.evaluation.batching import place_batch, round_batch
-from kfac_mem.selection import select_sites
 from kfac_mem.training import next_token_loss
 from models.language_model import abstract_params
 from models.partitioning import logical_to_sharding

@@ -126,7 +126,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 def _site_ids(args: argparse.Namespace, model, eigen) -> list[str] | None:
     if args.layers in (None, "", "all") and not args.projections:
         return None
-    from kfac_mem.selection import select_sites
+    from kfac_mem.collection.sites import select_sites
 
     sites = model.linear_sites()
     if args.layers and any(part.strip().startswith("model.") for part in args.layers.split(",")):
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     init_distributed(args)
     from kfac_mem.analysis import AnalyzeOptions, analyze
     from kfac_mem.analysis.sets import parse_set_flag
-    from kfac_mem.eigen_run import load_eigen
+    from kfac_mem.decomposition.store import load_eigen
 
     sets: dict[str, str] = {}
     for item in args.sets:

@@ -104,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.accumulate == "float64":
         jax.config.update("jax_enable_x64", True)
-    from kfac_mem.collect import CollectConfig, collect
+    from kfac_mem.collection.config import CollectConfig
+    from kfac_mem.collection.run import collect
+    from kfac_mem.collection.sites import select_sites
     from kfac_mem.data import load_windows
     from kfac_mem.rundir import check_output
-    from kfac_mem.selection import select_sites
 
     check_output(args.out, "factors", inputs=common.path_inputs(model=args.model, data=args.data))
     mesh, rules = common.mesh_from_args(args)

@@ -197,7 +197,7 @@ def options_from_args(args: argparse.Namespace, num_layers: int):
 
 def run(args: argparse.Namespace) -> int:
     from kfac_mem.baselines.compare import CompareSets, compare
-    from kfac_mem.eigen_run import load_eigen
+    from kfac_mem.decomposition.store import load_eigen
     from kfac_mem.evaluation.io import read_memorized
     from kfac_mem.evaluation.text import windows_from_sources
 

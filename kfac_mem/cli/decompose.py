@@ -60,8 +60,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     init_distributed(args)
-    from kfac_mem.eigen_run import decompose_run
-    from kfac_mem.factors import load_factors
+    from kfac_mem.collection.store import load_factors
+    from kfac_mem.decomposition.store import decompose_run
     from kfac_mem.rundir import check_output, claim
 
     inputs = path_inputs(args)

@@ -134,10 +134,10 @@ def _plan(args: argparse.Namespace, model):
 
 def run(args: argparse.Namespace) -> int:
     init_distributed(args)
+    from kfac_mem.decomposition.store import load_eigen
     from kfac_mem.editing.apply import EditOptions
     from kfac_mem.editing.record import edit_model
     from kfac_mem.editing.report import format_table
-    from kfac_mem.eigen_run import load_eigen
 
     out = model_output_dir(args)
     if args.method != "svd" and not args.eigen:

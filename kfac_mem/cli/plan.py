@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.topology.startswith("cpu:"):
         compile_only_env()  # before the first JAX backend starts
+    from kfac_mem.collection.sites import select_sites
     from kfac_mem.plan import PlanRequest, plan_markdown, run_plan
-    from kfac_mem.selection import select_sites
     from models.sites import decoder_sites
 
     config = model_config(args.model, args.dtype, args.param_dtype)

@@ -16,16 +16,17 @@ from typing import Any
 import numpy as np
 
 from kfac_mem.atomic import save_npy_atomic, write_json_atomic, write_jsonl_atomic
-from kfac_mem.collect import CollectConfig, collect
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.data import Windows, array_fingerprint
+from kfac_mem.decomposition.store import decompose_run
 from kfac_mem.demo import measure
 from kfac_mem.demo.config import DemoConfig
 from kfac_mem.demo.model import demo_model
 from kfac_mem.demo.sweep import chosen_cell, controls, sweep
 from kfac_mem.editing import edit_model, write_edited_model
-from kfac_mem.eigen_run import decompose_run
 from kfac_mem.evaluation.mining import MiningConfig, mine_windows
-from kfac_mem.selection import select_sites
 
 
 class Stages:

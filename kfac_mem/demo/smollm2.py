@@ -19,17 +19,18 @@ from typing import Any
 import numpy as np
 
 from kfac_mem.atomic import save_npy_atomic, write_json_atomic
-from kfac_mem.collect import CollectConfig, collect
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.data import Windows, array_fingerprint
+from kfac_mem.decomposition.store import decompose_run
 from kfac_mem.demo.corpus import all_passages
 from kfac_mem.demo.measure import teacher_forced_strict
 from kfac_mem.demo.pipeline import Stages, mine_set
 from kfac_mem.editing import edit_model
-from kfac_mem.eigen_run import decompose_run
 from kfac_mem.evaluation import evaluate_tasks, perplexity, recitation, with_retention
 from kfac_mem.experiments import ChoiceRule, EditCell, Limit, edit_grid, sweep
 from kfac_mem.manifest import run_manifest
-from kfac_mem.selection import select_sites
 from kfac_mem.training import TrainConfig, train
 from models import load_pretrained, save_model
 from models.checkpoint import is_model_checkpoint

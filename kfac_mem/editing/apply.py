@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kfac_mem.decomposition.eigh import precision_scope
+from kfac_mem.decomposition.store import EigenRun, SiteEigen
 from kfac_mem.editing.controls import random_orthogonal, site_key, svd_truncate
 from kfac_mem.editing.plan import EditPlan, Value, validate_plan
 from kfac_mem.editing.reconstruct import masked_product
 from kfac_mem.editing.selection import Selection, Spectrum, select_band, select_mass
-from kfac_mem.eigen import precision_scope
-from kfac_mem.eigen_run import EigenRun, SiteEigen
 from models.sites import LinearSite, get_path, set_path
 
 EIGENVALUE_SOURCES = ("kfac", "ekfac")

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from kfac_mem.aot import CompiledCost, compile_cost, is_out_of_memory
-from kfac_mem.collect import REDUCE_MODES
+from kfac_mem.collection.config import REDUCE_MODES
 from kfac_mem.plan.chips import GIB, Chip, chip_for
 from kfac_mem.plan.devices import build_mesh, topology_devices
 from kfac_mem.plan.stages import (
@@ -320,7 +320,7 @@ def run_plan(request: PlanRequest, sites: Sequence[LinearSite]) -> dict[str, Any
             results, search = _batched(build, b, chip, n_data, r)
         else:
             # "checkpoint" is the fastest (no per-step communication); "auto" falls back to "step"
-            # when it does not fit, as `collect` does (`kfac_mem.collect`, reduce modes).
+            # when it does not fit, as `collect` does (`kfac_mem.collection`, reduce modes).
             modes = ("checkpoint", "step") if r.reduce == "auto" else (r.reduce,)
             per_mode: dict[str, Any] = {}
             for mode in modes:

@@ -3,8 +3,8 @@
 A `StageProgram` is what `kfac_mem.aot.compile_cost` compiles: the function the pipeline runs and
 `jax.ShapeDtypeStruct` arguments carrying the shardings the pipeline would give them:
 
-  collect    `kfac_mem.collect.make_step`: one batch of factor accumulation (sums donated)
-  decompose  `kfac_mem.eigen` stacked eigh of one same-size factor stack, sharded on `factor_stack`
+  collect    `kfac_mem.collection.accumulate.make_step`: one batch of factor accumulation (sums donated)
+  decompose  `kfac_mem.decomposition.eigh` stacked eigh of one same-size factor stack, sharded on `factor_stack`
   edit       `kfac_mem.editing.reconstruct._dense_product`: W' = U_G((U_Gᵀ W U_A) ⊙ M)U_Aᵀ on one
              device (the dense form, an upper bound on the staircase path's FLOPs)
   generate   `models.generate._generate`: prompt prefill + greedy decode with the KV cache
@@ -89,10 +89,11 @@ def collect_program(
     vocab_chunk: int = 8192,
     scheme: str = "auto",
 ) -> StageProgram:
-    """`kfac_mem.collect.make_step` for [batch_size, seq_len] windows, as `collect` builds it
+    """`kfac_mem.collection.accumulate.make_step` for [batch_size, seq_len] windows, as `collect` builds it
     (`scheme`: the per-site accumulation under reduce="step", `CollectConfig.scheme`)."""
-    from kfac_mem.collect import CollectConfig, factor_shardings, make_step, partial_shardings
-    from kfac_mem.selection import input_groups
+    from kfac_mem.collection.accumulate import factor_shardings, make_step, partial_shardings
+    from kfac_mem.collection.config import CollectConfig
+    from kfac_mem.collection.sites import input_groups
 
     mesh, rules = model.mesh, model.rules
     n_data = n_data_shards(mesh, rules)
@@ -137,9 +138,9 @@ def decompose_programs(
 ) -> list[StageProgram]:
     """One stacked eigh per factor size, as `decompose_run` stacks them (each stack padded to the
     shard count), compiled with the pipeline's `factor_stack` shardings."""
-    from kfac_mem import eigen
-    from kfac_mem.eigen_run import DEFAULT_CHUNK_BYTES, _chunks
-    from kfac_mem.selection import input_groups
+    from kfac_mem.collection.sites import input_groups
+    from kfac_mem.decomposition import eigh as eigen
+    from kfac_mem.decomposition.store import DEFAULT_CHUNK_BYTES, _chunks
 
     by_dim: dict[int, list[str]] = {}
     for g, s in input_groups(sites).items():

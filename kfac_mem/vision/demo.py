@@ -6,9 +6,9 @@ Stages (every one through the shared pipeline; the ViT is a plugin of the curvat
   train     AdamW on the noisy labels until the model memorizes most of them (Orbax checkpoint
             under OUT/model, reused unless `retrain`)
   split     the training images are split, seeded, into a *fit* part and a *selection* part
-  collect   `kfac_mem.collect` on the fit part's images: K-FAC factors of the MLP matrices (fc1, fc2)
+  collect   `kfac_mem.collection` on the fit part's images: K-FAC factors of the MLP matrices (fc1, fc2)
             at the CLS position only (the model's `loss_targets` weights), sampled labels
-  decompose `kfac_mem.eigen_run.decompose_run`
+  decompose `kfac_mem.decomposition.decompose_run`
   sweep     layer sets {first, last, first+last} × fc1+fc2 × ρ, each edit by `apply_plan`; the
             setting is chosen on the *selection* part of the training images only: lowest share
             of noisy labels still memorized there, among settings whose accuracy on the clean
@@ -38,10 +38,12 @@ import jax
 import numpy as np
 
 from kfac_mem.atomic import write_json_atomic, write_text_atomic
-from kfac_mem.collect import CollectConfig, collect
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.data import LabelledExamples, array_fingerprint
+from kfac_mem.decomposition.store import decompose_run
 from kfac_mem.editing import EditOptions, edit_model, write_edited_model
-from kfac_mem.eigen_run import decompose_run
 from kfac_mem.experiments import (
     ChoiceRule,
     EditCell,
@@ -52,7 +54,6 @@ from kfac_mem.experiments import (
     sweep,
 )
 from kfac_mem.manifest import run_manifest
-from kfac_mem.selection import select_sites
 from kfac_mem.stats import compare_paired, fmt_diff, fmt_pct, proportion
 from kfac_mem.vision.data import FASHION_MNIST_DIR, ImageDataset, load_image_dataset
 from kfac_mem.vision.metrics import noise_report, predict

@@ -25,10 +25,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kfac_mem import factors as fstore
 from kfac_mem.atomic import write_json_atomic
-from kfac_mem.head_loss import head_cotangent
-from kfac_mem.selection import input_groups
+from kfac_mem.collection import store as fstore
+from kfac_mem.collection.head_loss import head_cotangent
+from kfac_mem.collection.sites import input_groups
 from models.sites import LinearSite, get_path
 
 

@@ -4,8 +4,6 @@ Layout of an eigen run directory:
   chunks/<name>/    Orbax (StandardCheckpointer), one per chunk of same-size factors:
                       eigvals [k_pad, d] (descending), eigvecs [k_pad, d, d] (columns), saved
                       straight from the stack-sharded arrays (no gather); rows ≥ count are padding
-  ekfac/ + ekfac.json   optional EK-FAC corrected eigenvalues Π [d_out, d_in] per site (written by
-                      the analyzer through `save_corrected_eigenvalues`)
   config.yaml       the resolved command (CLI)
   metadata.json     written last: format, precision, the factor run it came from (path, model
                     fingerprint, n_tokens, mode), sites, and where each factor's eigenpairs live
@@ -29,7 +27,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from kfac_mem.atomic import write_json_atomic
-from kfac_mem.eigen import (
+from kfac_mem.collection.store import FactorRun, site_from_dict, site_to_dict
+from kfac_mem.decomposition.eigh import (
     check_finite,
     padded_size,
     precision_scope,
@@ -37,7 +36,6 @@ from kfac_mem.eigen import (
     stacked_eigh,
 )
 from kfac_mem.errors import CorruptArtifactError, NonFiniteError
-from kfac_mem.factors import FactorRun, site_from_dict, site_to_dict
 from kfac_mem.manifest import run_manifest
 from kfac_mem.rundir import claim
 from kfac_mem.treekeys import flatten, nest
@@ -262,7 +260,9 @@ class EigenRun:
             raise ValueError(f"{path}: format {self.metadata.get('format')!r} is not {FORMAT!r}.")
         self.sites = {s["id"]: site_from_dict(s) for s in self.metadata["sites"]}
         self._cache: dict[str, dict[str, np.ndarray]] = {}
-        self.ekfac_directory = self.directory  # where corrected eigenvalues are read from
+        # Where EK-FAC corrected eigenvalues are read from: an analysis output, once
+        # `use_corrected` has checked it (the eigen run itself never holds them).
+        self.ekfac_directory: str | None = None
         self._ekfac: dict[str, np.ndarray] | None = None
 
     @property
@@ -387,20 +387,23 @@ class EigenRun:
 
     def corrected_info(self) -> dict[str, Any] | None:
         """Provenance stored with the corrected eigenvalues in use (None when there are none)."""
-        path = os.path.join(self.ekfac_directory, EKFAC_METADATA)
-        return (_read_json(path).get("info") or {}) if os.path.isfile(path) else None
+        if self.ekfac_directory is None:
+            return None
+        return _read_json(os.path.join(self.ekfac_directory, EKFAC_METADATA)).get("info") or {}
 
     def corrected_sites(self) -> list[str]:
-        path = os.path.join(self.ekfac_directory, EKFAC_METADATA)
-        return list(_read_json(path)["sites"]) if os.path.isfile(path) else []
+        if self.ekfac_directory is None:
+            return []
+        return list(_read_json(os.path.join(self.ekfac_directory, EKFAC_METADATA))["sites"])
 
     def corrected_eigenvalues(self, site_id: str) -> np.ndarray:
         """EK-FAC corrected eigenvalues Π [d_out, d_in] of `site_id` in this run's bases."""
         if site_id not in self.corrected_sites():
+            where = self.ekfac_directory or "no analysis output was given (`ekfac`), so nothing"
             raise ValueError(
-                f"{self.ekfac_directory} holds no EK-FAC corrected eigenvalues for `{site_id}` "
+                f"{where} holds no EK-FAC corrected eigenvalues for `{site_id}` "
                 f"(have: {self.corrected_sites() or 'none'}). Compute them with `kfac-mem analyze` "
-                f"against this eigen run and pass its output directory, or edit with "
+                f"against this eigen run and pass its output directory as `ekfac`, or edit with "
                 f"eigenvalues 'kfac'."
             )
         if self._ekfac is None:
@@ -420,16 +423,16 @@ class EigenRun:
 def save_corrected_eigenvalues(
     eigen_dir: str,
     values: Mapping[str, np.ndarray],
+    out_dir: str,
     info: Mapping[str, Any] | None = None,
-    out_dir: str | None = None,
 ) -> None:
-    """Store EK-FAC corrected eigenvalues computed in the bases of an eigen run.
+    """Store EK-FAC corrected eigenvalues computed in the bases of an eigen run (design.md §5.8).
 
     Args:
-      eigen_dir: the eigen run the values are indexed against.
-      out_dir: where ekfac/ and ekfac.json go (the analyzer passes its own output directory, so
-        the eigen run is never rewritten); default `eigen_dir` (older layout). `info` gains
-        "eigen": the run's `identity()`, which `EigenRun.use_corrected` checks.
+      eigen_dir: the eigen run the values are indexed against (never written).
+      out_dir: where ekfac/ and ekfac.json go: the analysis output that computed them, never the
+        eigen run. `info` gains "eigen": the run's `identity()`, which `EigenRun.use_corrected`
+        checks.
       values: site id -> Π [d_out, d_in], Π_ij = E_n[(U_Gᵀ Γ_n U_A)_ij²] with i, j indexing the
         run's eigenvectors in their stored (descending) order.
       info: provenance (data set, number of examples, …), stored in ekfac.json.
@@ -445,7 +448,12 @@ def save_corrected_eigenvalues(
                 f"expected (d_out, d_in) = ({site.d_out}, {site.d_in})."
             )
     check_finite({f"EK-FAC Π of {s}": v for s, v in values.items()})
-    base = os.path.abspath(out_dir) if out_dir is not None else run.directory
+    base = os.path.abspath(out_dir)
+    if base == run.directory:
+        raise ValueError(
+            f"`out_dir` {out_dir} is the eigen run itself; corrected eigenvalues go into the "
+            f"analysis output that computed them."
+        )
     os.makedirs(base, exist_ok=True)
     meta_path = os.path.join(base, EKFAC_METADATA)
     if jax.process_index() == 0 and os.path.exists(meta_path):

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from kfac_mem.head_loss import head_cotangent
+from kfac_mem.collection.head_loss import head_cotangent
+from kfac_mem.collection.sites import input_groups
 from kfac_mem.protocol import CurvatureModel
-from kfac_mem.selection import input_groups
 from models.sites import LinearSite
 
 
