@@ -68,7 +68,8 @@ def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def init_distributed(args: argparse.Namespace) -> None:
-    """Initialize jax.distributed if asked (must run before any other JAX call)."""
+    """Initialize jax.distributed if asked (must run before any other JAX call); in a
+    multi-process run only process 0 then prints to stdout."""
     import jax
 
     if args.coordinator or args.num_processes:
@@ -106,6 +107,9 @@ def init_distributed(args: argparse.Namespace) -> None:
             ) from e
     elif args.distributed:
         jax.distributed.initialize()
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        # One report per run: process 0 prints results; the others keep only stderr (errors).
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
 
 
 def mesh_from_args(args: argparse.Namespace):
