@@ -74,7 +74,7 @@ ARGUMENT_FLAGS: dict[str, dict[str, str]] = {
     },
     "decompose": {"run": "--factors"},
     "export": {"hf_dir": "--out"},
-    "evaluate": {"paths": "--text"},
+    "evaluate": {"paths": "--text", "texts": "--text"},
     "mine": {"paths": "--corpus"},
 }
 _BACKTICKED = re.compile(r"`([a-z][a-z0-9_]*)(\[\d+\])?`")

@@ -161,8 +161,11 @@ def run_smollm2_demo(
                 log=log,
             )
             model = base.with_params(params)
-            save_model(
-                model, tuned_dir, metadata={"finetune": dataclasses.asdict(c)}, overwrite=True
+            save_model(  # training_texts: `evaluate` warns about perplexity on LAMBADA
+                model,
+                tuned_dir,
+                metadata={"finetune": dataclasses.asdict(c), "training_texts": ["lambada"]},
+                overwrite=True,
             )
 
     with stage("mine"):
