@@ -74,6 +74,7 @@ ARGUMENT_FLAGS: dict[str, dict[str, str]] = {
     },
     "decompose": {"run": "--factors"},
     "export": {"hf_dir": "--out"},
+    "sweep": {"edit_dir": "--write-edit", "texts": "--text"},
     "evaluate": {"paths": "--text", "texts": "--text"},
     "mine": {"paths": "--corpus"},
 }

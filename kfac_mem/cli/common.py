@@ -234,12 +234,13 @@ def parse_layer_selection(
     return sorted(set(idx)), projs
 
 
-OUTPUT_FLAGS = ("out", "export_hf", "cache_dir")
+OUTPUT_FLAGS = ("out", "export_hf", "cache_dir", "write_edit")
 
 
 def path_inputs(args: argparse.Namespace | None = None, **named: Any) -> dict[str, str]:
     """Every flag value naming an existing file or directory (the command's inputs), by flag;
-    outputs (`--out`, `--export-hf`, `--cache-dir`) excluded. For `rundir.check_output`."""
+    outputs (`--out`, `--export-hf`, `--cache-dir`, `--write-edit`) excluded. For
+    `rundir.check_output`."""
     values = dict(vars(args)) if args is not None else {}
     values.update(named)
     out: dict[str, str] = {}

@@ -30,7 +30,14 @@ from kfac_mem.demo.pipeline import Stages, mine_set
 from kfac_mem.editing import edit_model
 from kfac_mem.eigen_run import decompose_run
 from kfac_mem.evaluation import evaluate_tasks, perplexity, recitation, with_retention
-from kfac_mem.experiments import ChoiceRule, EditCell, Limit, edit_grid, sweep
+from kfac_mem.experiments import (
+    ChoiceRule,
+    EditCell,
+    Limit,
+    edit_grid,
+    memorization_measure,
+    sweep,
+)
 from kfac_mem.manifest import run_manifest
 from kfac_mem.selection import select_sites
 from kfac_mem.training import TrainConfig, train
@@ -200,14 +207,12 @@ def run_smollm2_demo(
     with stage("decompose"):
         eigen = decompose_run(factors, os.path.join(out_dir, "eigen"), mesh, rules, overwrite=True)
 
-    ppl_base = perplexity(model, text)["perplexity"]
     with stage("sweep"):
-
-        def measure_edit(params) -> dict[str, Any]:
-            return {
-                "strict_train": teacher_forced_strict(model, mem["train"], params),
-                "ppl_ratio": perplexity(model, text, params)["perplexity"] / ppl_base,
-            }
+        # The shared LM measure (as `kfac-mem sweep`), teacher-forced for speed: "strict_train"
+        # and "ppl_ratio" (to the fine-tuned model) are what `choice_rule` reads.
+        measure_edit = memorization_measure(
+            model, {"train": mem["train"]}, text, recitation_mode="teacher-forced", batch_size=8
+        )
 
         def describe(row) -> str:
             return (
