@@ -59,7 +59,9 @@ def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--model",
         required=required,
-        help="HF checkpoint dir, .gguf file, Orbax model checkpoint dir, or preset name",
+        help="HF checkpoint dir, .gguf file, Orbax model checkpoint dir, or preset name "
+        "(listed in `kfac-mem export --help`; smollm2-135m is SmolLM2-135M-Instruct from its "
+        "Q4_1-quantized GGUF, dequantized)",
     )
     p.add_argument(
         "--dtype", default=None, help="compute dtype (default float32; bfloat16 on accelerators)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 
 from kfac_mem.cli.common import (
     add_mesh_flags,
@@ -29,12 +30,15 @@ from kfac_mem.cli.common import (
 def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     from models import PRESET_DESCRIPTIONS
 
-    presets = "; ".join(f"{k}: {v}" for k, v in PRESET_DESCRIPTIONS.items())
+    presets = "\n".join(
+        textwrap.fill(v, 96, initial_indent=f"  {k:<14}", subsequent_indent=" " * 16)
+        for k, v in PRESET_DESCRIPTIONS.items()
+    )
     p = subparsers.add_parser(
         name,
         help="write a model (preset, GGUF, Orbax, HF) as an HF checkpoint directory",
         description=__doc__,
-        epilog=f"presets: {presets}",
+        epilog=f"presets (--model NAME):\n{presets}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_flags(p)
