@@ -90,7 +90,8 @@ def plan_evaluation(
     tokenizer for text files; tasks: a tokenizer and every task's data files). `suites` None: every
     suite these inputs can run; the others are listed in `skipped` with the reason. Memorized
     files are read (token ids checked against the vocabulary) either way, and `warnings` names any
-    text that is a bundled set the model was trained or fine-tuned on (`tuned_text_warnings`).
+    text that is a bundled set the model was trained or fine-tuned on (`tuned_text_warnings`;
+    docs/design.md §3).
     """
     explicit = suites is not None
     chosen = parse_suites(suites)
