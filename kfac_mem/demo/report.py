@@ -360,13 +360,14 @@ def write_report(
         "",
         "## Edited matrices",
         "",
-        "| matrix | kept components | kept mass | ‖ΔW‖/‖W‖ | rank |",
-        "|---|---|---|---|---|",
+        "| matrix | kept components | kept share | kept mass | ‖ΔW‖/‖W‖ | rank |",
+        "|---|---|---|---|---|---|",
     ]
     for row in edit_report:
         lines.append(
             f"| {row['id']} | {row['kept']} / {row['components']} | "
-            f"{_pct(row.get('kept_fraction', float('nan')))}% | {row['rel_delta_fro']:.3f} | "
+            f"{_pct(row['kept'] / row['components'])}% | "
+            f"{_pct(row.get('kept_mass'))}% | {row['rel_delta_fro']:.3f} | "
             f"{row.get('rank', 'n/a')} |"
         )
     examples = kfac["recitation"]["memorized_validation"].get("rows", [])[:3]
