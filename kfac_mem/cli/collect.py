@@ -4,7 +4,8 @@ Example:
   kfac-mem collect --model DIR --data tokens.npy --mode empirical --layers 0,1 \
       --projections gate,up,down --batch-size 2 --out factors/
 
-Rerunning the same command after an interruption continues from the last checkpoint.
+Rerunning the same command after an interruption continues from the last checkpoint. Text
+documents are joined with the model's EOS token after each one (docs/design.md §2.10).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         args.text_field,
         vocab_size=model.config.vocab_size,
         max_positions=model.config.max_position_embeddings,
+        eos_id=model.config.eos_token_id,
     )
     config = CollectConfig(
         mode=args.mode,
