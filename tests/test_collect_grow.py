@@ -1,18 +1,28 @@
-"""Factor runs that grow: prefix-stable windows fingerprinted by their source, and the one rule
-that joins documents."""
+"""Factor runs that grow: prefix-stable windows fingerprinted by their source, the one rule that
+joins documents, extending a finished run, and a time budget that leaves a resumable run."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
 
+from kfac_mem.collection.config import CollectConfig
+from kfac_mem.collection.run import collect
+from kfac_mem.collection.sites import select_sites
 from kfac_mem.data import join_documents, load_windows
 from kfac_mem.errors import InputError
+from models import load_pretrained
 
 SEQ = 12
+
+
+@pytest.fixture(scope="module")
+def olmo8(mesh8):
+    return load_pretrained("tiny-olmo2", mesh=mesh8[0], rules=mesh8[1])
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +112,60 @@ def test_windows_are_a_prefix_stable_stream_fingerprinted_by_source(tmp_path, wo
     # .npy windows: the fingerprint of every window given, whatever the budget.
     npy = _tokens_file(tmp_path / "w.npy", 10, 0)
     assert load_windows([npy], max_tokens=3 * SEQ).fingerprint == load_windows([npy]).fingerprint
+
+
+# --- extend and time budget -------------------------------------------------------------------
+
+
+def _sites(model):
+    return select_sites(model.linear_sites(), layers=[1], projections=["gate", "up"])
+
+
+def test_extend_equals_single_run_with_the_larger_budget(olmo8, tmp_path):
+    data = _tokens_file(tmp_path / "corpus.npy", 32, 1)
+    sites = _sites(olmo8)
+    for mode, first in (("sampled", 16), ("empirical", 12)):
+        # sampled: a budget on a batch boundary continues the very same batches and label keys;
+        # empirical: any budget (12 = one full batch + one of 4), the labels are the gold tokens.
+        cfg = CollectConfig(mode=mode, batch_size=8, vocab_chunk=64)
+        out = str(tmp_path / f"grow-{mode}")
+        small = collect(
+            olmo8, load_windows([data], max_tokens=first * SEQ), sites, out, cfg, progress=False
+        )
+        assert small.complete and small.info["windows_done"] == first
+        grown = collect(olmo8, load_windows([data]), sites, out, cfg, progress=False)
+        single = collect(
+            olmo8, load_windows([data]), sites, str(tmp_path / f"one-{mode}"), cfg, progress=False
+        )
+        assert grown.complete and grown.info["windows_done"] == 32
+        assert grown.metadata["corpus"]["n_windows"] == 32
+        assert_same_factors(grown, single)
+    # The same budget again: already complete, nothing changes. A smaller one: refused.
+    before = os.path.getmtime(os.path.join(out, "metadata.json"))
+    again = collect(olmo8, load_windows([data]), sites, out, cfg, progress=False)
+    assert again.n_tokens == grown.n_tokens
+    assert os.path.getmtime(os.path.join(out, "metadata.json")) == before
+    with pytest.raises(InputError, match=r"already holds 32 windows .* never shrinks"):
+        collect(olmo8, load_windows([data], max_tokens=8 * SEQ), sites, out, cfg, progress=False)
+    # Another corpus is still refused.
+    other = _tokens_file(tmp_path / "other.npy", 32, 2)
+    with pytest.raises(ValueError, match=r"differs in.*corpus"):
+        collect(olmo8, load_windows([other]), sites, out, cfg, progress=False)
+
+
+def test_time_budget_leaves_a_resumable_run_equal_to_an_uninterrupted_one(olmo8, tmp_path):
+    data = load_windows([_tokens_file(tmp_path / "corpus.npy", 24, 3)])
+    sites = _sites(olmo8)
+    cfg = CollectConfig(mode="sampled", batch_size=8, vocab_chunk=64)
+    out = str(tmp_path / "budget")
+    # A budget spent before the first step still runs one step per call, then checkpoints.
+    part = collect(olmo8, data, sites, out, cfg, progress=False, time_budget_s=1e-6)
+    assert not part.complete and part.info["windows_done"] == 8
+    assert part.metadata["progress"]["stopped"] == "time_budget"
+    assert part.metadata["corpus"]["n_windows"] == 24
+    done = collect(olmo8, data, sites, out, cfg, progress=False)
+    assert done.complete and done.metadata["progress"]["stopped"] is None
+    full = collect(olmo8, data, sites, str(tmp_path / "full"), cfg, progress=False)
+    assert_same_factors(done, full)
+    with pytest.raises(InputError, match=r"`time_budget_s` must be > 0"):
+        collect(olmo8, data, sites, out, cfg, progress=False, time_budget_s=0)
