@@ -73,8 +73,8 @@ def add_parser(sub, name: str) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="stop after this many seconds (at a step boundary, with a checkpoint); rerun the "
-        "same command to continue",
+        help="stop after this many seconds of collection (counted once the model and data are "
+        "loaded; at a step boundary, with a checkpoint); rerun the same command to continue",
     )
     p.add_argument("--batch-size", type=int, default=8, help="windows per step, across all devices")
     p.add_argument(
