@@ -4,7 +4,9 @@ A set comes from
   * a jsonl file of windows as written by `kfac-mem mine` (rows with `prefix_ids`, `suffix_ids`;
     window = prefix ‖ suffix), or an in-memory list of such rows;
   * a text file (`.txt`, or `.jsonl` rows with a `text` field, or a directory of them): documents
-    are tokenized with the model's tokenizer, concatenated and cut into windows of `seq_len`;
+    are tokenized with the model's tokenizer and joined into windows of `seq_len` by the rule
+    collect and evaluate use (`kfac_mem.data.join_documents`: the model's EOS id after every
+    document; docs/design.md §2.10);
   * a `.npy` int array [N, L] of ready-made windows, or such an array in memory.
 
 `positions[n, t] = 1` marks the positions t whose next-token cross-entropy enters example n's loss
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from kfac_mem.data import EOS_REQUIRED
 from kfac_mem.evaluation.io import iter_jsonl, read_memorized
 from kfac_mem.validation import check_token_ids
 
@@ -181,8 +184,11 @@ def load_set(
     seq_len: int = 128,
     positions: str = "all",
     vocab_size: int | None = None,
+    *,
+    eos_id: int | None = EOS_REQUIRED,
 ) -> ExampleSet:
-    """Read a set from a file (see module docstring); errors name the set and file (and line)."""
+    """Read a set from a file (see module docstring); errors name the set and file (and line).
+    Text needs `eos_id` (the model's end-of-text id, or None; `kfac_mem.data.load_windows`)."""
     from kfac_mem.data import load_windows
 
     check_name(name)
@@ -200,7 +206,7 @@ def load_set(
             f"--set {name}={path} is text, but the model has no tokenizer to cut it into windows; "
             f"give token windows instead (a .npy [N, L] array or a jsonl from `kfac-mem mine`)."
         )
-    windows = load_windows([path], seq_len, tokenizer)
+    windows = load_windows([path], seq_len, tokenizer, eos_id=eos_id)
     return from_tokens(name, windows.tokens, vocab_size, os.path.abspath(path), kind="text")
 
 
@@ -212,13 +218,16 @@ def as_example_set(
     positions: str = "all",
     vocab_size: int | None = None,
     max_examples: int | None = None,
+    *,
+    eos_id: int | None = EOS_REQUIRED,
 ) -> ExampleSet:
-    """Coerce a path, token array, list of window rows or ExampleSet into an `ExampleSet`."""
+    """Coerce a path, token array, list of window rows or ExampleSet into an `ExampleSet`
+    (a text path needs `eos_id`, see `load_set`)."""
     if isinstance(obj, ExampleSet):
         s = dataclasses.replace(obj, name=check_name(name))
         _check_tokens(name, s.tokens, vocab_size, s.source)
     elif isinstance(obj, str | os.PathLike):
-        s = load_set(name, os.fspath(obj), tokenizer, seq_len, positions, vocab_size)
+        s = load_set(name, os.fspath(obj), tokenizer, seq_len, positions, vocab_size, eos_id=eos_id)
     elif isinstance(obj, np.ndarray):
         s = from_tokens(name, obj, vocab_size)
     elif isinstance(obj, Sequence):
@@ -242,10 +251,13 @@ def resolve_sets(
     positions: str = "all",
     seq_len: int | None = None,
     max_examples: int | None = None,
+    *,
+    eos_id: int | None = EOS_REQUIRED,
 ) -> dict[str, ExampleSet]:
     """Every set as an `ExampleSet` (order kept). Text sets are cut into windows of `seq_len`, by
     default the length of the first window set (else of the first token set, else 128), so that
-    per-example sums over positions compare across sets."""
+    per-example sums over positions compare across sets; documents are joined with `eos_id`
+    after each (the model's end-of-text id, or None; docs/design.md §2.10)."""
     if not sets:
         raise ValueError("Give at least one example set (--set NAME=FILE).")
     text = {
@@ -265,7 +277,7 @@ def resolve_sets(
         seq_len = by_kind[0] if by_kind else 128
     for name in text:
         loaded[name] = as_example_set(
-            name, sets[name], tokenizer, seq_len, positions, vocab_size, max_examples
+            name, sets[name], tokenizer, seq_len, positions, vocab_size, max_examples, eos_id=eos_id
         )
     return {name: loaded[name] for name in sets}
 

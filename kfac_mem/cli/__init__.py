@@ -1,6 +1,6 @@
 """`kfac-mem` command line: one module per subcommand, each with `add_parser` and `run`.
 
-Usage: kfac-mem {collect,decompose,edit,sweep,analyze,evaluate,mine,export,demo,...} --help
+Usage: kfac-mem {collect,merge,decompose,edit,sweep,analyze,evaluate,mine,export,demo,...} --help
 
 One error path: an error the user can fix (`kfac_mem.errors.UserError`, and the builtin errors
 the library raises for bad inputs or files) is printed as one line, exit code 2, with the library's
@@ -22,6 +22,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 # Subcommand name -> module under kfac_mem.cli (imported lazily so `--help` is fast).
 SUBCOMMANDS = {
     "collect": "collect",
+    "merge": "merge",
     "decompose": "decompose",
     "edit": "edit",
     "analyze": "analyze",
@@ -77,6 +78,7 @@ ARGUMENT_FLAGS: dict[str, dict[str, str]] = {
     "sweep": {"edit_dir": "--write-edit", "texts": "--text"},
     "evaluate": {"paths": "--text", "texts": "--text"},
     "mine": {"paths": "--corpus"},
+    "merge": {"paths": "RUN"},  # the positional factor runs
 }
 _BACKTICKED = re.compile(r"`([a-z][a-z0-9_]*)(\[\d+\])?`")
 
