@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         vocab_size=vocab,
     )
-    forget_len = len(train[0]["prefix_ids"]) + len(train[0]["suffix_ids"])
+    forget_len = max(len(r["prefix_ids"]) + len(r["suffix_ids"]) for r in train)
     retain = retain_windows(args, model, forget_len) if args.retain else None
     sets = CompareSets(train, rows(args.validation), rows(args.ood), text, retain)
     options = options_from_args(args, model.config.num_layers)
