@@ -18,13 +18,17 @@ class DemoConfig:
     Sweep: every (layers, projections, ρ) in the grid is scored on the *selection* splits
     (memorized train split, first half of held-out text and skill items); the chosen edit is then
     reported on the *report* splits (memorized validation split, canaries, second halves).
+    Seeds: `seed` drives every seed-dependent stage (`demo/seeds.py` repeats the demo over seeds);
+    `split_seed` and the data (`mixture.seed`, which the committed model was trained on) do not
+    change with it, so every seed is scored on the same held-out windows.
     """
 
     name: str = "default"
     mixture: MixtureConfig = MixtureConfig()
     model_preset: str = "demo-olmo2"
     asset: str | None = "demo-olmo2"  # committed model under kfac_mem/demo/assets/, if any
-    seed: int = 0
+    seed: int = 0  # sampled labels, random-basis control, analyzer; model init when trained here
+    split_seed: int = 0  # memorized train/validation split (kept fixed across `--seeds`)
     train_steps: int = 1000
     train_batch: int = 32
     learning_rate: float = 2e-3

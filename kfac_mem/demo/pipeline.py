@@ -95,7 +95,7 @@ def run_demo(
             1 + c.mixture.prefix_len,
             os.path.join(out_dir, "mined", "memorized"),
             0.5,
-            c.seed,
+            c.split_seed,
         )
         can = mine_set(
             model,
@@ -103,7 +103,7 @@ def run_demo(
             1 + c.mixture.canary_prefix_len,
             os.path.join(out_dir, "mined", "canaries"),
             1.0,
-            c.seed,
+            c.split_seed,
         )
         log(
             f"   memorized passages: {mem['stats']['memorized']}/{len(data.memorized)} recited "

@@ -1,11 +1,13 @@
 """The experiment harness: grid -> edit -> measure -> choose (one rule) -> matched control.
 
 The LM demo, the SmolLM2 preset, the vision demo and `compare` declare their grid, measure and
-rule and run them here (`sweep`, `ChoiceRule.choose`, `matched_control`).
+rule and run them here (`sweep`, `ChoiceRule.choose`, `matched_control`), and repeat themselves
+over seeds here (`run_seeds`).
 """
 
 from kfac_mem.experiments.grid import EditCell, edit_grid
 from kfac_mem.experiments.rule import ChoiceRule, Limit, metric
+from kfac_mem.experiments.seeds import parse_seeds, run_seeds
 from kfac_mem.experiments.sweep import edited_params, matched_control, sweep
 
 __all__ = [
@@ -16,5 +18,7 @@ __all__ = [
     "edited_params",
     "matched_control",
     "metric",
+    "parse_seeds",
+    "run_seeds",
     "sweep",
 ]
