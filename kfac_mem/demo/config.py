@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from kfac_mem.demo.mixture import MixtureConfig
 from kfac_mem.experiments import ChoiceRule, Limit
@@ -26,7 +27,8 @@ class DemoConfig:
     name: str = "default"
     mixture: MixtureConfig = MixtureConfig()
     model_preset: str = "demo-olmo2"
-    asset: str | None = "demo-olmo2"  # committed model under kfac_mem/demo/assets/, if any
+    model_overrides: tuple[tuple[str, Any], ...] = ()  # DecoderConfig fields replaced in the preset
+    asset: str | None = "demo-olmo2"  # committed model: name under demo/assets/, or a path
     seed: int = 0  # sampled labels, random-basis control, analyzer; model init when trained here
     split_seed: int = 0  # memorized train/validation split (kept fixed across `--seeds`)
     train_steps: int = 1000
@@ -49,6 +51,7 @@ class DemoConfig:
     ndcg_windows: int = 32
     eval_items: int = 100  # per skill group and split
     analysis_examples: int = 48  # per example set
+    analysis: bool = True  # run the analyzer stage (tests that check other stages switch it off)
 
     def choice_rule(self) -> ChoiceRule:
         """The sweep's choice: lowest selection-split recitation (then perplexity) among settings

@@ -157,8 +157,10 @@ def run_demo(
     with stage("decompose"):
         eigen = decompose_run(factors, os.path.join(out_dir, "eigen"), mesh, rules, overwrite=True)
 
-    with stage("analyze"):
-        analysis = run_analysis(model, eigen, data, mem, can, text, c, out_dir, log)
+    analysis: dict[str, Any] = {}
+    if c.analysis:
+        with stage("analyze"):
+            analysis = run_analysis(model, eigen, data, mem, can, text, c, out_dir, log)
 
     base_quick = measure.quick(model, data, selection, model.params)
     with stage("sweep"):

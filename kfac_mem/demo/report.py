@@ -382,8 +382,12 @@ def write_report(
         "",
         "## Curvature analysis",
         "",
-        "The analyzer's full report (spectra, per-example sharpness, band ratios, band "
-        "ablation) is in [analysis/report.md](analysis/report.md).",
+        (
+            "The analyzer's full report (spectra, per-example sharpness, band ratios, band "
+            "ablation) is in [analysis/report.md](analysis/report.md)."
+            if analysis
+            else "Not run in this configuration (`DemoConfig.analysis` is off)."
+        ),
         "",
     ]
     findings = analysis.get("findings", [])
