@@ -63,7 +63,7 @@ def greedy_scores(
     prompts: Sequence[Sequence[int]],
     suffixes: np.ndarray | Sequence[Sequence[int]],
     batch_size: int,
-):
+) -> dict[str, np.ndarray]:
     """`score_candidates` of the greedy continuation of each prompt ([N, 1] arrays); row i
     generates as many tokens as its suffix has (`ragged.greedy_continuations`)."""
     gen = greedy_continuations(model, prompts, suffix_lengths(suffixes), params, batch_size)

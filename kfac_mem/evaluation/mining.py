@@ -112,7 +112,7 @@ def document_windows(
 
 def candidate_windows(
     docs: Iterable[TokenDocument], cfg: MiningConfig
-) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+) -> tuple[np.ndarray | list[np.ndarray], list[tuple[str, int, int]]]:
     """(windows int32 [N, P + S], provenance (source, document index, start token) per window).
 
     With `cfg.prefix_len=None` (quotes protocol) the windows are `document_windows`: a list of

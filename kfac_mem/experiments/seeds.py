@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from kfac_mem.atomic import write_json_atomic, write_text_atomic
@@ -103,7 +103,9 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def stat_rows(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
+def stat_rows(
+    tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Mapping[str, Any]]]:
     """(path, `across_seeds` result) of every aggregated number of an `aggregate` tree."""
     for k, v in tree.items():
         if isinstance(v, Mapping) and "values" in v and "sd" in v:
