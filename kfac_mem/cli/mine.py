@@ -36,8 +36,21 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--text-field", default="text", help="jsonl field holding the text (default text)"
     )
-    p.add_argument("--prefix-len", type=int, default=64)
-    p.add_argument("--suffix-len", type=int, default=48)
+    p.add_argument(
+        "--prefix-len",
+        type=_prefix_len,
+        default=64,
+        metavar="N|rest",
+        help="prefix tokens per window (default 64); 'rest': the quotes protocol, one window per "
+        "document whose suffix is its last --suffix-len tokens and whose prefix is all the rest",
+    )
+    p.add_argument("--suffix-len", type=int, default=48, help="suffix tokens (default 48)")
+    p.add_argument(
+        "--max-prefix-len",
+        type=int,
+        default=None,
+        help="with --prefix-len rest: keep at most N prefix tokens (those nearest the suffix)",
+    )
     p.add_argument(
         "--stride", type=int, default=32, help="tokens between window starts (default 32)"
     )
@@ -70,6 +83,17 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     return p
 
 
+def _prefix_len(text: str) -> int | None:
+    if text == "rest":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expects a number of tokens or 'rest' (the quotes protocol), got {text!r}"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from kfac_mem.atomic import write_json_atomic, write_jsonl_atomic
     from kfac_mem.evaluation.mining import MiningConfig, mine
@@ -86,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         args.max_windows,
         args.batch_size,
         args.leak_ngram,
+        args.max_prefix_len,
     )
     check_output(args.out, "mined", inputs=path_inputs(args))
     init_distributed(args)
