@@ -21,6 +21,7 @@ from kfac_mem.collection.run import collect
 from kfac_mem.data import Windows, array_fingerprint
 from kfac_mem.decomposition.store import decompose_run, load_eigen
 from kfac_mem.editing import EditOptions, Spectrum, apply_plan, parse_plan, select_band
+from kfac_mem.evaluation.batching import length_bucket
 from models import load_pretrained, save_model
 from models.sites import get_path, set_path
 
@@ -145,11 +146,15 @@ def test_per_example_projections_ekfac_and_arrays_match_brute_force(olmo8, eigen
     for si, (name, s) in enumerate(sets.items()):
         n = len(s)
         gammas, n_pos = [], []
-        for bi, start in enumerate(range(0, n, 8)):  # the analyzer's batches, zero-padded
-            tokens = np.zeros((8, SEQ), np.int32)
-            positions = np.zeros((8, SEQ), np.float32)
+        # The analyzer's batches: 8 rows, zero-padded to the set's length bucket (sampled labels
+        # are drawn for that shape).
+        width = length_bucket(SEQ)
+        for bi, start in enumerate(range(0, n, 8)):
+            tokens = np.zeros((8, width), np.int32)
+            positions = np.zeros((8, width), np.float32)
             m = min(8, n - start)
-            tokens[:m], positions[:m] = s.tokens[start : start + m], s.positions[start : start + m]
+            tokens[:m, :SEQ] = s.tokens[start : start + m]
+            positions[:m, :SEQ] = s.positions[start : start + m]
             key = jax.random.fold_in(jax.random.fold_in(base, si), bi)
             g, p = per_example_gamma(olmo8, tokens[:m], positions[:m], SITES, key, pad_to=8)
             gammas += g

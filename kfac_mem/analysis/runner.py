@@ -32,6 +32,7 @@ from kfac_mem.analysis.summary import ratios
 from kfac_mem.data import array_fingerprint
 from kfac_mem.decomposition.store import EigenRun, load_eigen
 from kfac_mem.editing.selection import Spectrum
+from kfac_mem.evaluation.batching import length_bucket
 from kfac_mem.manifest import run_manifest
 from kfac_mem.rundir import claim
 from models.sites import LinearSite, get_path
@@ -143,6 +144,8 @@ def analyze(
         options.max_examples,
         eos_id=getattr(model.config, "eos_token_id", None),
     )
+    # One compiled shape per length bucket, not per set (padding changes no per-example number).
+    example_sets = {n: s.padded_to(length_bucket(s.seq_len)) for n, s in example_sets.items()}
     if clean is None and "clean" in example_sets:
         clean = "clean"
     if clean is not None and clean not in example_sets:

@@ -74,11 +74,30 @@ class ExampleSet:
             "source": self.source,
             "kind": self.kind,
             "examples": len(self),
-            "window_length": self.seq_len,
+            "window_length": int(lengths.max()),
             "window_length_range": [int(lengths.min()), int(lengths.max())],
             "prefix_length": self.prefix_len,
             "loss_positions": int(self.positions.sum()),
         }
+
+    def padded_to(self, length: int) -> ExampleSet:
+        """The same windows right-padded (token 0, no loss positions) to `length` ≥ L columns.
+
+        Per-example numbers do not change (module docstring), except that sampled labels are drawn
+        for the padded shape (other draws from the same distribution). The analyzer pads every
+        set to a length bucket so that sets of nearby lengths share one compiled program."""
+        if length < self.seq_len:
+            raise ValueError(f"`length` {length} is shorter than the windows ({self.seq_len}).")
+        if length == self.seq_len:
+            return self
+        extra = ((0, 0), (0, length - self.seq_len))
+        lengths = self.lengths if self.lengths is not None else np.full(len(self), self.seq_len)
+        return dataclasses.replace(
+            self,
+            tokens=np.pad(self.tokens, extra),
+            positions=np.pad(self.positions, extra),
+            lengths=np.asarray(lengths, np.int64),
+        )
 
     def head(self, n: int) -> ExampleSet:
         """The first `n` examples."""
