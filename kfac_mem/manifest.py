@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PACKAGES", "git_state", "package_versions", "run_manifest"]
+__all__ = ["PACKAGES", "git_state", "package_versions", "run_manifest", "shown_path"]
 
 # Distributions whose versions decide numbers (absent ones are recorded as None).
 PACKAGES = (
@@ -96,3 +96,14 @@ def run_manifest(seeds: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "git": git_state(),
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def shown_path(path: str | None) -> str | None:
+    """A path as reports and summaries record it: relative to the working directory when inside
+    it, so a result committed from a checkout names no machine's paths."""
+    if not path:
+        return path
+    path = os.fspath(path)
+    if os.path.isabs(path) and os.path.commonpath([path, os.getcwd()]) == os.getcwd():
+        return os.path.relpath(path)
+    return path

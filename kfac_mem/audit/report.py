@@ -8,17 +8,12 @@ import os
 from typing import Any
 
 from kfac_mem.atomic import write_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from kfac_mem.manifest import shown_path
 from kfac_mem.stats import fmt_interval, fmt_pct
 
 
 def _shown(path: str | None) -> str:
-    """A model path as the report prints it: relative to the working directory when inside it,
-    so a report committed from a checkout names no machine's paths."""
-    if not path:
-        return "?"
-    if os.path.isabs(path) and os.path.commonpath([path, os.getcwd()]) == os.getcwd():
-        return os.path.relpath(path)
-    return path
+    return shown_path(path) or "?"
 
 
 def _pct(r: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ import jax
 
 from kfac_mem.demo.config import DemoConfig
 from kfac_mem.demo.mixture import DemoData
+from kfac_mem.manifest import shown_path
 from kfac_mem.training import TrainConfig, train
 from models import LanguageModel, export_hf, get_config, init_params, load_pretrained, save_model
 from models.checkpoint import is_model_checkpoint
@@ -54,7 +55,7 @@ def demo_model(
         model = load_pretrained(committed, mesh=mesh, rules=rules)
         with open(os.path.join(committed, "provenance.json")) as f:
             provenance = json.load(f)
-        provenance["loaded_from"] = committed
+        provenance["loaded_from"] = shown_path(committed)
         log(f"model: committed checkpoint {committed} (trained by `{provenance['command']}`)")
         return model, DemoData(config.mixture, tokenizer=model.tokenizer), provenance
     if is_model_checkpoint(cached):
