@@ -41,7 +41,7 @@ KINDS = {
     "factors": "a factor run (`kfac-mem collect`)",
     "eigen": "an eigen run (`kfac-mem decompose`)",
     "model": "an edited model (`kfac-mem edit` / `baseline`)",
-    "hf-export": "an HF export (`kfac-mem edit --export-hf`)",
+    "hf-export": "an HF export (`models.export_hf`)",
     "evaluation": "an evaluation (`kfac-mem evaluate`)",
     "analysis": "an analysis (`kfac-mem analyze`)",
     "mined": "a mined set (`kfac-mem mine`)",

@@ -3,6 +3,7 @@ every user error into one line naming a flag that exists (exit 2), Ctrl-C into a
 (exit 130)."""
 
 import argparse
+import ast
 import os
 import re
 import signal
@@ -239,3 +240,144 @@ def test_every_flag_a_message_names_exists():
     ns = argparse.Namespace(out="x", overwrite=False, accumulate="float32")
     msg = flag_message("`out_dir` /x: pass `overwrite`; `paths` bad; `mystery`", "collect", ns)
     assert msg == "--out /x: pass --overwrite; --data bad; `mystery`"
+
+
+# --- the library speaks in arguments, the CLI in flags -------------------------------------------
+
+# Other programs' flags a message may name (pip, XLA, git), removed before looking for ours.
+_OTHER_PROGRAMS = re.compile(r"pip install [^`'\"\n]*|XLA_FLAGS=[^`'\"\n ]*")
+_LINE_STYLE = re.compile(r"--[a-z]")  # a matplotlib format string ("--s": dashed, squares)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string nodes that are module, class or function docstrings."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                out.add(id(body[0].value))
+    return out
+
+
+def _string_literals(tree: ast.AST):
+    """(node, text) of every string literal; an f-string is one literal ({} for its values), the
+    argv of a `git` subprocess is skipped."""
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.List | ast.Tuple) and node.elts:
+            first = node.elts[0]
+            if isinstance(first, ast.Constant) and first.value == "git":
+                skip |= {id(e) for e in node.elts}
+        if isinstance(node, ast.JoinedStr):
+            skip |= {id(v) for v in node.values}
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node, node.value
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            yield node, text
+
+
+def test_library_messages_name_arguments_not_flags():
+    """No string literal outside kfac_mem/cli/ names a `--flag`: errors, hints, skip reasons and
+    report text name function arguments (in backticks), which the CLI maps to its flags
+    (`ARGUMENT_FLAGS`, `flag_message`). Two kinds of literal may show a flag, because they document
+    the command line rather than speak to a caller: a docstring that names the `kfac-mem` command
+    the flag belongs to, and a recorded command line (a literal that starts with "kfac-mem ", such
+    as the demo model's provenance)."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    files = [
+        os.path.join(r, f)
+        for top in ("kfac_mem", "models")
+        for r, _, fs in os.walk(os.path.join(root, top))
+        for f in fs
+        if f.endswith(".py") and os.sep + "cli" + os.sep not in os.path.relpath(r, root) + os.sep
+    ]
+    assert len(files) > 100
+    offenders = []
+    for path in files:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        docs = _docstrings(tree)
+        for node, text in _string_literals(tree):
+            flags = _flags_in(_OTHER_PROGRAMS.sub("", text))
+            if not flags or text.startswith("kfac-mem ") or _LINE_STYLE.fullmatch(text):
+                continue
+            if id(node) in docs:
+                # each flag must follow a `kfac-mem CMD` on the same line
+                bad = [
+                    line
+                    for line in text.splitlines()
+                    if _flags_in(_OTHER_PROGRAMS.sub("", line)) and "kfac-mem " not in line
+                ]
+                if not bad:
+                    continue
+                flags = _flags_in(" ".join(bad))
+            where = f"{os.path.relpath(path, root)}:{node.lineno}"
+            offenders.append(f"{where}: {sorted(flags)}")
+    assert not offenders, offenders
+
+
+def test_a_library_error_names_the_argument_and_the_cli_the_flag(tmp_path, capsys):
+    """The same three errors, raised from Python and through the CLI: a collection batch size, an
+    edit plan, a mesh axis size."""
+    from kfac_mem.collection.config import CollectConfig
+    from kfac_mem.editing import plan_from_json
+    from kfac_mem.sharding import make_mesh
+    from models import load_pretrained
+
+    with pytest.raises(ValueError, match=r"^`batch_size` must be >= 1, got 0\.$"):
+        CollectConfig(batch_size=0)
+    sites = load_pretrained("tiny-olmo2").linear_sites()
+    with pytest.raises(ValueError, match=r"^`text` is not valid JSON"):
+        plan_from_json("{", sites)
+    with pytest.raises(ValueError, match=r"Change the axis sizes with `sizes` \(e\.g\. tensor=1\)"):
+        make_mesh("fsdp_tp", tensor=3)
+
+    data = tmp_path / "ok.npy"
+    np.save(data, np.ones((8, 8), np.int32))
+    collect = ["collect", "--model", "tiny-olmo2", "--data", str(data), "--no-progress"]
+    cases = [  # (argv, what the message says, the library argument it must not name)
+        (
+            [*collect, "--out", str(tmp_path / "a"), "--batch-size", "0"],
+            "kfac-mem collect: error: --batch-size must be >= 1, got 0.",
+            "`batch_size`",
+        ),
+        (
+            ["edit", "--model", "tiny-olmo2", "--method", "svd", "--layers-json", "{"],
+            "kfac-mem edit: error: --layers-json is not valid JSON",
+            "`text`",
+        ),
+        (
+            [
+                *collect,
+                "--out",
+                str(tmp_path / "b"),
+                "--mesh",
+                "fsdp_tp",
+                "--mesh-axis",
+                "tensor=3",
+            ],
+            "Change the axis sizes with --mesh-axis (e.g. tensor=1)",
+            "`sizes`",
+        ),
+    ]
+    for i, (argv, expected, argument) in enumerate(cases):
+        if argv[0] == "edit":
+            argv = [*argv, "--out", str(tmp_path / f"edit{i}")]
+        rc, msg = run_cli(argv, capsys)
+        assert rc == 2 and expected in msg and argument not in msg, msg
+
+
+def test_the_cli_maps_destinations_and_leaves_quoted_values():
+    """A library argument becomes the flag whose destination it is (`sets` -> --set, not --sets);
+    a name a message gives as a value (a set, a field, a mesh axis) is left as it is."""
+    msg = "`sets` entry clean=x; Set `clean` (x): bad; `clean` 'y'; mesh axis `data`; `rhos`"
+    assert flag_message(msg, "analyze") == (
+        "--set entry clean=x; Set `clean` (x): bad; --clean 'y'; mesh axis `data`; --rho"
+    )
+    assert flag_message("field `text`; `paths` `length`", "evaluate") == (
+        "field `text`; --text --window"
+    )

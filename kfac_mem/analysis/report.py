@@ -88,7 +88,7 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], out_dir: st
         "- **Π** = λ_i μ_j for component u_G,i u_A,jᵀ of W [d_out, d_in] (eigen run's per-position "
         "mean factors). **Bands**: components ranked by descending Π, split at "
         + ", ".join(f"{b['band']} [{b['lo']:g}%, {b['hi']:g}%)" for b in report["bands"])
-        + " of d_out·d_in (the same ranking `kfac-mem edit --method band` uses).",
+        + " of d_out·d_in (the same ranking the `band` edit method uses).",
         "- **Per-example curvature**: Γ̃_n = U_Gᵀ(Σ_t g_t a_tᵀ)U_A, formed as (g_n U_G)ᵀ(a_n U_A); "
         "g_t = ∂L_n/∂s_t with L_n the example's summed CE. **total** = ΣΓ̃² = ‖Γ_n‖_F²; "
         f"**sharpness** = share of total in the example's top-{k} components; **participation "
@@ -106,7 +106,7 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], out_dir: st
         "per-position scale of λ_i μ_j; averaged over sets "
         + ", ".join(report["ekfac"]["sets"])
         + ".",
-        "- **Band ablation**: remove one band (`edit --method band`) and measure the mean CE (gold "
+        "- **Band ablation**: remove one band (the `band` edit method) and measure the mean CE (gold "
         "labels, nats/token) on every set; control: as many components in random orthogonal bases.",
         "",
     ]
@@ -213,7 +213,8 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], out_dir: st
         md += _table(header, rows)
         md += [
             (
-                "Saved into the eigen run (`kfac-mem edit --eigenvalues ekfac` uses them)."
+                "Saved under this analysis directory (the EK-FAC edit reads them with "
+                "`EigenRun.use_corrected`)."
                 if ek["saved"]
                 else f"Not saved: {ek.get('not_saved_because', 'disabled')}."
             ),
@@ -245,7 +246,7 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], out_dir: st
         ]
         md += _table(header, rows)
     else:
-        md += ["Not run (--ablation none).", ""]
+        md += ["Not run (ablation: none).", ""]
     if figures:
         md += ["## Figures", ""]
         for name, path in figures.items():
@@ -285,7 +286,8 @@ def read_report(out_dir: str) -> dict[str, Any]:
     path = os.path.join(out_dir, REPORT_JSON)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{out_dir}: no {REPORT_JSON}; run `kfac-mem analyze --out {out_dir}`."
+            f"{out_dir}: no {REPORT_JSON}; not a finished analysis (run `analyze` with this "
+            f"`out_dir`)."
         )
     with open(path) as f:
         return json.load(f)

@@ -57,7 +57,7 @@ def resolve_sites(model, eigen: EigenRun, site_ids: Sequence[str] | None) -> lis
     if missing:
         raise ValueError(
             f"Layers {missing} have no eigenbasis in {eigen.directory}; it has "
-            f"{sorted(eigen.sites)}. Collect and decompose them first, or drop them from --layers."
+            f"{sorted(eigen.sites)}. Collect and decompose them first, or drop them from `site_ids`."
         )
     for sid in site_ids:
         theirs, ours = eigen.sites[sid], by_id[sid]
@@ -145,7 +145,7 @@ def analyze(
     if clean is None and "clean" in example_sets:
         clean = "clean"
     if clean is not None and clean not in example_sets:
-        raise ValueError(f"--clean {clean!r} is not one of the sets {sorted(example_sets)}.")
+        raise ValueError(f"`clean` {clean!r} is not one of the sets {sorted(example_sets)}.")
     # EK-FAC eigenvalues come from the clean set unless sets are named: a memorized or task set
     # enters them only when asked for by name (`options.ekfac_sets`).
     ekfac_sets = options.ekfac_sets or ((clean,) if clean else ())
@@ -156,7 +156,7 @@ def analyze(
     n_data = data_parallel(model)
     if options.batch_size % n_data:
         raise ValueError(
-            f"--batch-size {options.batch_size} must be a multiple of the {n_data} devices the "
+            f"`batch_size` {options.batch_size} must be a multiple of the {n_data} devices the "
             f"batch is split over (mesh {dict(model.mesh.shape)})."
         )
     out_dir = os.path.abspath(out_dir)

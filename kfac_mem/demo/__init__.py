@@ -2,8 +2,8 @@
 skills, a small OLMo-2 trained on them, and the end-to-end pipeline on top.
 
     mesh, rules = kfac_mem.make_mesh("fsdp")
-    run_demo(PRESETS["default"](), out_dir, mesh, rules)      the LM demo (`--preset default|tiny`)
-    run_smollm2_demo(out_dir, mesh, rules, SmolDemoConfig())  SmolLM2-135M (`--preset smollm2`)
+    run_demo(PRESETS["default"](), out_dir, mesh, rules)      the LM demo (`kfac-mem demo --preset default|tiny`)
+    run_smollm2_demo(out_dir, mesh, rules, SmolDemoConfig())  SmolLM2-135M (`kfac-mem demo --preset smollm2`)
 """
 
 from kfac_mem.demo.config import PRESETS as PRESETS

@@ -12,7 +12,7 @@ from kfac_mem.experiments import ChoiceRule, Limit
 class DemoConfig:
     """Everything the demo does, with the sizes of each stage.
 
-    Training (only with --retrain or when no committed model matches): `model_preset` trained for
+    Training (only with `retrain` or when no committed model matches): `model_preset` trained for
     `train_steps` x `train_batch` rows of the mixture. Factors: `factor_windows` fresh rows of the
     mixture (memorized items excluded unless `factor_include_memorized`), labels sampled.
     Sweep: every (layers, projections, ρ) in the grid is scored on the *selection* splits

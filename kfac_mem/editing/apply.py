@@ -55,7 +55,7 @@ def spectrum_for(
     """Π of layer `name`: λ μᵀ, or the eigen run's EK-FAC corrected eigenvalues."""
     if options.eigenvalues == "ekfac":
         if eigen is None:
-            raise ValueError(f"{name}: --eigenvalues ekfac needs the eigen run (--eigen).")
+            raise ValueError(f"{name}: `eigenvalues` 'ekfac' needs the eigen run (`eigen`).")
         return Spectrum.dense(eigen.corrected_eigenvalues(name), name)
     return Spectrum.kronecker(eig.lam, eig.mu, name)
 
@@ -176,7 +176,7 @@ def check_targets(
     validate_plan(plan, options.method)
     if options.eigenvalues not in EIGENVALUE_SOURCES:
         raise ValueError(
-            f"--eigenvalues {options.eigenvalues!r} is not one of {EIGENVALUE_SOURCES}."
+            f"`eigenvalues` {options.eigenvalues!r} is not one of {EIGENVALUE_SOURCES}."
         )
     by_id = {s.id: s for s in sites}
     for site_id in plan.targets:
@@ -191,7 +191,7 @@ def check_targets(
             continue
         if eigen is None:
             raise ValueError(
-                f"--method {options.method} needs --eigen (an eigen run from `kfac-mem decompose`)."
+                f"`method` {options.method!r} needs `eigen` (an eigen run, `decompose_run`)."
             )
         if site_id not in eigen.sites:
             raise ValueError(

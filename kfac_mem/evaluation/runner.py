@@ -132,7 +132,7 @@ def run_evaluation(
 
         if "recitation" in chosen:
             if not memorized:
-                results["skipped"]["recitation"] = "no memorized sets given (--memorized NAME=FILE)"
+                results["skipped"]["recitation"] = "no memorized sets given (`memorized`)"
             else:
 
                 def run_recitation():
@@ -198,7 +198,7 @@ def run_evaluation(
 
         if "ndcg" in chosen:
             if baseline is None:
-                results["skipped"]["ndcg"] = "no baseline given (--baseline)"
+                results["skipped"]["ndcg"] = "no baseline given (`baseline`)"
             else:
 
                 def run_ndcg():

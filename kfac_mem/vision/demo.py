@@ -193,7 +193,7 @@ def load_data(config: VisionDemoConfig) -> ImageDataset:
         raise FileNotFoundError(
             f"The vit-fashion-mnist preset reads Fashion-MNIST from {FASHION_MNIST_DIR} (nothing "
             f"downloads at run time). Install it with `sudo apt-get install "
-            f"dataset-fashion-mnist` (Debian/Ubuntu), or run `kfac-mem demo --preset vit-digits`."
+            f"dataset-fashion-mnist` (Debian/Ubuntu), or use the 'vit-digits' preset."
         )
     data = load_image_dataset(config.data, config.val_fraction, config.data_seed)
     if config.n_train is not None or config.n_val is not None:
