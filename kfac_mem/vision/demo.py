@@ -61,8 +61,9 @@ from kfac_mem.vision.noise import inject_label_noise
 from kfac_mem.vision.train import DIGITS_NOISY_RECIPE, TrainConfig, train_classifier
 from models import load_pretrained, save_model
 from models.checkpoint import is_model_checkpoint, read_model_info
+from models.presets import get_vit_config
 from models.vision_model import VisionModel, init_vision_model
-from models.vit_config import ViTConfig, get_vit_config
+from models.vit_config import ViTConfig
 
 # The paper's Table 2 (ViT-B/16 on ImageNet, 10% random labels), percent.
 PAPER_TABLE2 = {
@@ -78,7 +79,7 @@ class VisionDemoConfig:
     """Everything the vision demo does; `PRESETS` holds the named ones.
 
     Attributes:
-      model_preset, model_overrides: the ViT (`models.vit_config.PRESETS`) and field overrides.
+      model_preset, model_overrides: the ViT (a `models.presets.PRESETS` name) and field overrides.
       data: an image source for `load_image_dataset` ("digits", "fashion-mnist", a path).
       n_train, n_val: seeded subsets of the data (None: all).
       noise_fraction, noise_seed: the label noise.
