@@ -30,10 +30,12 @@ from kfac_mem.evaluation.mining import MiningConfig, mine_windows
 
 
 class Stages:
-    """Wall-clock time per stage, printed as it goes."""
+    """Wall-clock time per stage (`seconds`, rounded to `digits`), printed as it goes: "== name"
+    on entering, `done` (formatted with `name` and `seconds`) on leaving without an error."""
 
-    def __init__(self, log):
+    def __init__(self, log, digits: int = 1, done: str = "   {name} done in {seconds:.1f} s"):
         self.log, self.seconds, self._t = log, {}, None
+        self.digits, self.done = digits, done
 
     def __call__(self, name: str):
         self._name, self._t = name, time.time()
@@ -44,9 +46,9 @@ class Stages:
         return self
 
     def __exit__(self, *exc):
-        self.seconds[self._name] = round(time.time() - self._t, 1)
+        self.seconds[self._name] = round(time.time() - self._t, self.digits)
         if exc[0] is None:
-            self.log(f"   {self._name} done in {self.seconds[self._name]:.1f} s")
+            self.log(self.done.format(name=self._name, seconds=self.seconds[self._name]))
 
 
 def mine_set(
