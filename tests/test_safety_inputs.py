@@ -4,6 +4,7 @@ every user error into one line naming a flag that exists (exit 2), Ctrl-C into a
 
 import argparse
 import ast
+import dataclasses
 import os
 import re
 import signal
@@ -381,3 +382,59 @@ def test_the_cli_maps_destinations_and_leaves_quoted_values():
     assert flag_message("field `text`; `paths` `length`", "evaluate") == (
         "field `text`; --text --window"
     )
+
+
+def _config_cases():
+    from kfac_mem.demo.config import DemoConfig
+    from kfac_mem.demo.mixture import MixtureConfig
+    from kfac_mem.demo.smollm2 import SmolDemoConfig
+    from kfac_mem.editing import EditOptions
+    from kfac_mem.training import TrainConfig
+    from kfac_mem.vision.demo import VisionDemoConfig
+    from kfac_mem.vision.train import TrainConfig as VisionTrainConfig
+
+    vision = VisionDemoConfig.vit_tiny()
+    return [
+        (EditOptions, {"method": "sgd"}, "method"),
+        (EditOptions, {"eigenvalues": "exact"}, "eigenvalues"),
+        (EditOptions, {"precision": "float16"}, "precision"),
+        (EditOptions, {"seed": 0.5}, "seed"),
+        (DemoConfig, {"rhos": (0.6, 1.5)}, "rhos"),
+        (DemoConfig, {"svd_drops": (1.0,)}, "svd_drops"),
+        (DemoConfig, {"factor_mode": "gold"}, "factor_mode"),
+        (DemoConfig, {"protected_groups": ("poetry",)}, "protected_groups"),
+        (DemoConfig, {"train_batch": 0}, "train_batch"),
+        (DemoConfig, {"max_recitation_after": 1.5}, "max_recitation_after"),
+        (MixtureConfig, {"prefix_len": 100}, "prefix_len"),
+        (MixtureConfig, {"memorized_rate": -0.1}, "memorized_rate"),
+        (SmolDemoConfig, {"rhos": (0.0,)}, "rhos"),
+        (SmolDemoConfig, {"finetune_steps": 0}, "finetune_steps"),
+        (lambda **kw: dataclasses.replace(vision, **kw), {"noise_fraction": 2.0}, "noise_fraction"),
+        (lambda **kw: dataclasses.replace(vision, **kw), {"n_train": 0}, "n_train"),
+        (
+            lambda **kw: TrainConfig(steps=10, batch_size=2, **kw),
+            {"optimizer": "adam"},
+            "optimizer",
+        ),
+        (TrainConfig, {"steps": 0, "batch_size": 2}, "steps"),
+        (VisionTrainConfig, {"learning_rate": 0.0}, "learning_rate"),
+        (VisionTrainConfig, {"end_learning_rate_fraction": 2.0}, "end_learning_rate_fraction"),
+    ]
+
+
+def test_configs_refuse_bad_fields_on_construction_naming_them():
+    """Every config dataclass checks its fields in `__post_init__`, so a bad value fails where it
+    is written, with the field's name (which the CLI turns into the flag)."""
+    for make, bad, field in _config_cases():
+        with pytest.raises(ValueError, match=rf"^`{field}`"):
+            make(**bad)
+    # The two training configs name the schedule's shared fields alike (steps vs. epochs aside).
+    from kfac_mem.training import TrainConfig
+    from kfac_mem.vision.train import TrainConfig as VisionTrainConfig
+
+    lm = {f.name for f in dataclasses.fields(TrainConfig)}
+    vision = {f.name for f in dataclasses.fields(VisionTrainConfig)}
+    assert {"learning_rate", "weight_decay", "end_learning_rate_fraction", "grad_clip"} <= (
+        lm & vision
+    )
+

@@ -8,6 +8,8 @@ kfac-mem demo --preset smollm2     the real SmolLM2-135M-Instruct, fine-tuned to
 kfac-mem demo --preset vit-digits  the vision experiment (label-noise memorization)
 kfac-mem demo --preset vit-digits --seeds 0-4
                                    the same over 5 seeds: mean, sd and 95% interval across seeds
+
+The presets (`kfac_mem.demo.presets.DEMO_PRESETS`) are listed below.
 """
 
 from __future__ import annotations
@@ -18,20 +20,23 @@ import sys
 
 from kfac_mem.cli import common
 
-LANGUAGE_PRESETS = ("default", "tiny")
-
 
 def add_parser(sub, name: str) -> None:
+    from kfac_mem.demo.presets import DEMO_PRESETS, describe_presets
+
     p = sub.add_parser(
         name,
         help="run the end-to-end demo on an embedded default",
         description=__doc__,
+        epilog="presets:\n" + describe_presets(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--preset",
         default="default",
-        help="default | tiny | smollm2 | vit-digits | vit-fashion-mnist",
+        choices=list(DEMO_PRESETS),
+        metavar="NAME",
+        help="which demo (listed below; default: default)",
     )
     p.add_argument("--out", default=None, help="run directory (default runs/demo-<preset>)")
     p.add_argument("--retrain", action="store_true", help="train the model instead of loading it")
@@ -53,7 +58,9 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seeds is not None and not args.preset.startswith("vit-"):
+    from kfac_mem.demo.presets import demo_preset
+
+    if args.seeds is not None and not demo_preset(args.preset).multi_seed:
         print(
             f"kfac-mem demo: --seeds is supported for the vit-* presets only, not "
             f"--preset {args.preset} (its model is a committed checkpoint).",
@@ -72,12 +79,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
-    if args.preset in LANGUAGE_PRESETS:
-        from kfac_mem.demo.config import PRESETS
+    from kfac_mem.demo.presets import demo_preset
+
+    preset = demo_preset(args.preset)
+    if preset.experiment == "language":
         from kfac_mem.demo.pipeline import run_demo
 
         summary = run_demo(
-            PRESETS[args.preset](),
+            preset.config(),
             out,
             mesh,
             rules,
@@ -98,12 +107,12 @@ def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
             f"-> {summary['perplexity_after']:.2f}; targets {'met' if met else 'NOT all met (see report)'}"
         )
         return 0
-    if args.preset == "smollm2":
+    if preset.experiment == "smollm2":
         from kfac_mem.demo.smollm2 import run_smollm2_demo
 
-        run_smollm2_demo(out, mesh, rules, log=lambda m: print(m, flush=True))
+        run_smollm2_demo(out, mesh, rules, preset.config(), log=lambda m: print(m, flush=True))
         return 0
-    if args.preset.startswith("vit-") and args.seeds is not None:
+    if preset.experiment == "vision" and args.seeds is not None:
         from kfac_mem.vision.seeds import parse_seeds, run_vision_seeds
 
         run_vision_seeds(
@@ -117,12 +126,9 @@ def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
             command="kfac-mem " + " ".join(sys.argv[1:]),
         )
         return 0
-    if args.preset.startswith("vit-"):
-        from kfac_mem.vision.demo import run_vision_demo
+    from kfac_mem.vision.demo import run_vision_demo
 
-        run_vision_demo(
-            args.preset, out, mesh, rules, retrain=args.retrain, log=lambda m: print(m, flush=True)
-        )
-        return 0
-    print(f"kfac-mem demo: unknown --preset {args.preset!r}", file=sys.stderr)
-    return 2
+    run_vision_demo(
+        preset.config(), out, mesh, rules, retrain=args.retrain, log=lambda m: print(m, flush=True)
+    )
+    return 0

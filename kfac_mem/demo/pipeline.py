@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -27,28 +26,7 @@ from kfac_mem.demo.model import demo_model
 from kfac_mem.demo.sweep import chosen_cell, controls, sweep
 from kfac_mem.editing import edit_model, write_edited_model
 from kfac_mem.evaluation.mining import MiningConfig, mine_windows
-
-
-class Stages:
-    """Wall-clock time per stage (`seconds`, rounded to `digits`), printed as it goes: "== name"
-    on entering, `done` (formatted with `name` and `seconds`) on leaving without an error."""
-
-    def __init__(self, log, digits: int = 1, done: str = "   {name} done in {seconds:.1f} s"):
-        self.log, self.seconds, self._t = log, {}, None
-        self.digits, self.done = digits, done
-
-    def __call__(self, name: str):
-        self._name, self._t = name, time.time()
-        self.log(f"== {name}")
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds[self._name] = round(time.time() - self._t, self.digits)
-        if exc[0] is None:
-            self.log(self.done.format(name=self._name, seconds=self.seconds[self._name]))
+from kfac_mem.experiments.stages import Stages
 
 
 def mine_set(

@@ -73,6 +73,40 @@ def paired_tests(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _pct_name(x: float) -> str:
+    return f"{round(100 * x)}pct"
+
+
+def demo_targets(
+    c: DemoConfig,
+    strict_before: float,
+    strict_after: float,
+    ppl_before: float,
+    ppl_after: float,
+    retention: dict[str, float],
+) -> dict[str, bool]:
+    """The demo's targets, from the config that also sets the choice rule's limits
+    (`DemoConfig.choice_rule`): recitation of held-out memorized windows at least
+    `min_recitation_before` before and at most `max_recitation_after` after the edit, perplexity
+    at most `1 + max_ppl_increase` times the unedited model's, and every protected skill group
+    keeping at least `min_retention` of its accuracy. Keys name the thresholds in percent."""
+    return {
+        f"strict_before_at_least_{_pct_name(c.min_recitation_before)}": (
+            strict_before >= c.min_recitation_before
+        ),
+        f"strict_after_at_most_{_pct_name(c.max_recitation_after)}": (
+            strict_after <= c.max_recitation_after
+        ),
+        f"perplexity_increase_at_most_{_pct_name(c.max_ppl_increase)}": (
+            ppl_after <= (1 + c.max_ppl_increase) * ppl_before
+        ),
+        **{
+            f"{g}_retention_at_least_{_pct_name(c.min_retention)}": retention[g] >= c.min_retention
+            for g in c.protected_groups
+        },
+    }
+
+
 def _strict_with_ci(rate: float, n: int) -> str:
     if n == 0 or rate != rate:
         return "n/a"
@@ -171,12 +205,7 @@ def write_report(
     strict_after = kfac["recitation"]["memorized_validation"]["strict"]
     ppl_before = base["perplexity"]["perplexity"]
     ppl_after = kfac["perplexity"]["perplexity"]
-    targets = {
-        "strict_before_at_least_90pct": strict_before >= 0.9,
-        "strict_after_at_most_10pct": strict_after <= 0.1,
-        "perplexity_increase_at_most_30pct": ppl_after <= 1.3 * ppl_before,
-        **{f"{g}_retention_at_least_90pct": retention[g] >= 0.9 for g in c.protected_groups},
-    }
+    targets = demo_targets(c, strict_before, strict_after, ppl_before, ppl_after, retention)
     summary = {
         "preset": c.name,
         "recitation_strict_before": strict_before,

@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kfac_mem.atomic import write_json_atomic, write_text_atomic
+from kfac_mem.demo.presets import demo_config
 from kfac_mem.manifest import run_manifest
 from kfac_mem.stats import across_seeds, fmt_interval
-from kfac_mem.vision.demo import PRESETS, TABLE2_MEASURES, VisionDemoConfig, run_vision_demo
+from kfac_mem.vision.demo import TABLE2_MEASURES, VisionDemoConfig, run_vision_demo
 
 __all__ = ["parse_seeds", "run_vision_seeds", "seeded"]
 
@@ -155,7 +156,7 @@ def run_vision_seeds(
 ) -> dict[str, Any]:
     """Run the vision demo once per seed under OUT/seed-<s>/ and aggregate (see module doc)."""
     log = log or (lambda m: None)
-    config = PRESETS[preset]() if isinstance(preset, str) else preset
+    config = demo_config(preset) if isinstance(preset, str) else preset
     summaries = {}
     for s in seeds:
         log(f"=== seed {s}")

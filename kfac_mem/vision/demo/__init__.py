@@ -1,6 +1,7 @@
 """`kfac-mem demo --preset vit-digits|vit-fashion-mnist`: the paper's Table 2 on local images.
 
-Modules: `config` (`VisionDemoConfig` and its presets), `split` (images, noisy labels, fit /
+Modules: `config` (`VisionDemoConfig` and its presets, registered in
+`kfac_mem.demo.presets.DEMO_PRESETS`), `split` (images, noisy labels, fit /
 selection split), `measure` (the Table-2 measures), `run` (`run_vision_demo`, the driver), `report`
 (summary.json, report.md).
 
@@ -29,11 +30,7 @@ is a property of the model, not of the noisy targets; with empirical (noisy) lab
 images' large-loss gradients would themselves enter G. `factor_mode` switches it.
 """
 
-from kfac_mem.vision.demo.config import PRESETS as PRESETS
 from kfac_mem.vision.demo.config import VisionDemoConfig as VisionDemoConfig
-from kfac_mem.vision.demo.config import vit_digits as vit_digits
-from kfac_mem.vision.demo.config import vit_fashion_mnist as vit_fashion_mnist
-from kfac_mem.vision.demo.config import vit_tiny as vit_tiny
 from kfac_mem.vision.demo.measure import TABLE2_MEASURES as TABLE2_MEASURES
 from kfac_mem.vision.demo.measure import measure as measure
 from kfac_mem.vision.demo.report import PAPER_TABLE2 as PAPER_TABLE2
@@ -42,13 +39,9 @@ from kfac_mem.vision.demo.split import split_fit_selection as split_fit_selectio
 
 __all__ = [
     "PAPER_TABLE2",
-    "PRESETS",
     "TABLE2_MEASURES",
     "VisionDemoConfig",
     "measure",
     "run_vision_demo",
     "split_fit_selection",
-    "vit_digits",
-    "vit_fashion_mnist",
-    "vit_tiny",
 ]

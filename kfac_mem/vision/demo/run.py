@@ -15,10 +15,10 @@ from kfac_mem.collection.run import collect
 from kfac_mem.collection.sites import select_sites
 from kfac_mem.data import LabelledExamples, array_fingerprint
 from kfac_mem.decomposition.store import EigenRun, decompose_run
-from kfac_mem.demo.pipeline import Stages
 from kfac_mem.editing import EditOptions, edit_model, write_edited_model
 from kfac_mem.experiments import EditCell, edit_grid, edited_params, matched_control, sweep
-from kfac_mem.vision.demo.config import PRESETS, VisionDemoConfig
+from kfac_mem.experiments.stages import Stages
+from kfac_mem.vision.demo.config import VisionDemoConfig
 from kfac_mem.vision.demo.measure import measure
 from kfac_mem.vision.demo.report import VisionRun, build_summary, format_table2, render_report
 from kfac_mem.vision.demo.split import Noisy, noisy_training_set
@@ -29,7 +29,7 @@ from models.vision_model import VisionModel, init_vision_model
 
 
 def run_vision_demo(
-    preset: str | VisionDemoConfig,
+    preset: str | VisionDemoConfig,  # a config or a vision demo preset name (`DEMO_PRESETS`)
     out: str,
     mesh=None,
     rules=None,
@@ -39,11 +39,11 @@ def run_vision_demo(
     """Run the vision Table-2 experiment (see the package docstring); returns the summary dict."""
     log = log or (lambda m: None)
     if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(
-                f"Unknown vision demo preset {preset!r}; available: {sorted(PRESETS)}."
-            )
-        config = PRESETS[preset]()
+        from kfac_mem.demo.presets import demo_config  # the registry imports this package
+
+        config = demo_config(preset)
+        if not isinstance(config, VisionDemoConfig):
+            raise ValueError(f"Demo preset {preset!r} is not a vision preset.")
     else:
         config = preset
     out = os.path.abspath(out)
