@@ -438,3 +438,53 @@ def test_configs_refuse_bad_fields_on_construction_naming_them():
         lm & vision
     )
 
+
+def test_cli_defaults_are_the_library_defaults():
+    """The CLI reads its defaults from the dataclasses it fills instead of retyping them."""
+    from kfac_mem.analysis import AnalyzeOptions
+    from kfac_mem.collection.config import CollectConfig
+    from kfac_mem.editing import EditOptions
+    from kfac_mem.evaluation.mining import MiningConfig
+
+    p = build_parser()
+    base = ["--model", "m", "--out", "o"]
+    collect = p.parse_args(["collect", *base, "--data", "d"])
+    c = CollectConfig()
+    assert (collect.mode, collect.seed, collect.batch_size, collect.accumulate) == (
+        c.mode,
+        c.seed,
+        c.batch_size,
+        c.accumulate_dtype,
+    )
+    assert (collect.vocab_chunk, collect.save_every, collect.reduce, collect.step_scheme) == (
+        c.vocab_chunk,
+        c.save_every,
+        c.reduce,
+        c.scheme,
+    )
+    analyze = p.parse_args(["analyze", *base, "--eigen", "e", "--set", "a=b"])
+    a = AnalyzeOptions()
+    assert (analyze.mode, analyze.top_k, analyze.batch_size, analyze.positions) == (
+        a.mode,
+        a.top_k,
+        a.batch_size,
+        a.positions,
+    )
+    assert tuple(float(x) for x in analyze.rho.split(",")) == a.rhos
+    assert (analyze.chunk_mb << 20, analyze.ablation, analyze.eval_batch_size) == (
+        a.chunk_bytes,
+        a.ablation,
+        a.eval_batch_size,
+    )
+    edit = p.parse_args(["edit", *base, "--layers-json", "{}"])
+    e = EditOptions()
+    assert (edit.method, edit.eigenvalues, edit.precision, edit.seed) == (
+        e.method,
+        e.eigenvalues,
+        e.precision,
+        e.seed,
+    )
+    mine = p.parse_args(["mine", *base, "--corpus", "c"])
+    m = MiningConfig()
+    for field in dataclasses.fields(MiningConfig):
+        assert getattr(mine, field.name) == getattr(m, field.name), field.name
