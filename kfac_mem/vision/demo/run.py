@@ -99,6 +99,12 @@ def run_vision_demo(
             train_seconds=train_seconds,
         )
     )
+    write_outputs(out, summary, log)
+    return summary
+
+
+def write_outputs(out: str, summary: dict[str, Any], log: Callable[[str], None]) -> None:
+    """OUT/summary.json and OUT/report.md; the Table-2 layout and the targets go to `log`."""
     write_json_atomic(os.path.join(out, "summary.json"), summary)
     table = format_table2(summary)
     write_text_atomic(os.path.join(out, "report.md"), render_report(summary, table))
@@ -108,7 +114,6 @@ def run_vision_demo(
         f"targets (memorized to a fifth or less, validation accuracy not lower): "
         f"{'met' if summary['targets_met'] else 'NOT met'}; {out}/summary.json"
     )
-    return summary
 
 
 def trained_model(
