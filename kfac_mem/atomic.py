@@ -1,7 +1,8 @@
 """Atomic file writes: every artifact is written to a temporary file beside its destination and
 moved into place with `os.replace`, so a reader (or an interrupted run) never sees half a file.
 
-In a multi-process (multi-host) run only process 0 writes; the others return the path unchanged.
+In a multi-process (multi-host) run only process 0 writes; the others return the path unchanged,
+and `after_primary_wrote` is the barrier they pass before reading what process 0 wrote.
 """
 
 from __future__ import annotations
@@ -50,3 +51,13 @@ def write_jsonl_atomic(path: str, rows: Iterable[dict[str, Any]]) -> str:
 
 def save_npy_atomic(path: str, array: np.ndarray) -> str:
     return write_atomic(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False), True)
+
+
+def after_primary_wrote(tag: str) -> None:
+    """Barrier for every process of a multi-process run, once process 0 has written files the
+    others read next (a no-op with one process). `tag` names the point (unique per call site and
+    output directory)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(tag)

@@ -11,7 +11,8 @@ stage), so old runs still resume.
 
 The writer holds an advisory lock (`fcntl.flock` on `.kfac-mem.lock` inside the directory) for the
 whole run; a second writer is refused with the holder's pid and command line. In a multi-process
-run only process 0 locks and writes the marker.
+run only process 0 checks, locks and marks the directory (the others check only that it is not an
+input); a refusal on process 0 ends every process of the run.
 
     with claim(out_dir, "factors", inputs={"model": model_dir}):
         ...  # write the run
@@ -41,12 +42,13 @@ KINDS = {
     "factors": "a factor run (`kfac-mem collect`)",
     "eigen": "an eigen run (`kfac-mem decompose`)",
     "model": "an edited model (`kfac-mem edit` / `baseline`)",
-    "hf-export": "an HF export (`models.export_hf`)",
+    "hf-export": "an HF export (`models.export_hf`, `kfac-mem export`)",
     "evaluation": "an evaluation (`kfac-mem evaluate`)",
     "analysis": "an analysis (`kfac-mem analyze`)",
     "mined": "a mined set (`kfac-mem mine`)",
     "comparison": "a comparison (`kfac-mem compare`)",
     "demo": "a demo run (`kfac-mem demo`)",
+    "sweep": "a sweep (`kfac-mem sweep`)",
 }
 USER = "user"  # kind_of: a non-empty directory this package did not write
 # config.yaml `command` (written by the CLI before markers existed) -> kind
@@ -165,6 +167,10 @@ def check_output(
     held = _HELD.get(out)
     if held is not None and held.kind == kind:
         return out  # this process claimed it (the checks passed then)
+    if _process_index() != 0:
+        # Multi-process: the directory's state is process 0's to check (it locks and marks it,
+        # possibly before this process gets here); a refusal there ends the whole run.
+        return out
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputDirError(f"`{arg}` {out} is a file, not a directory. Choose another `{arg}`.")
     if _probe:

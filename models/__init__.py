@@ -13,6 +13,7 @@ from models.language_model import LanguageModel as LanguageModel
 from models.language_model import init_params as init_params
 from models.loading import installed_file as installed_file
 from models.loading import load_pretrained as load_pretrained
+from models.presets import PRESET_DESCRIPTIONS as PRESET_DESCRIPTIONS
 from models.presets import PRESETS as PRESETS
 from models.presets import get_config as get_config
 from models.presets import get_vit_config as get_vit_config
@@ -26,6 +27,7 @@ from models.vit_hf import load_vit_hf as load_vit_hf
 
 __all__ = [
     "PRESETS",
+    "PRESET_DESCRIPTIONS",
     "DecoderConfig",
     "LanguageModel",
     "LinearSite",

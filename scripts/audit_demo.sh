@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 [ -d "$OUT/kfac-model" ] || kfac-mem edit --model "$MODEL" --eigen "$DEMO/eigen" --out "$OUT/kfac-model" \
   --layers 1-3 --projections gate,up,down --rho 0.825 --no-rank
 [ -d "$OUT/svd-model" ] || kfac-mem edit --model "$MODEL" --method svd --out "$OUT/svd-model" \
-  --layers 1-3 --projections gate,up,down --rho 0.75 --no-rank
+  --layers 1-3 --projections gate,up,down --drop 0.75 --no-rank
 SETS=(--memorized "validation=$DEMO/mined/memorized/validation.jsonl"
       --memorized "ood=$DEMO/mined/canaries/validation.jsonl" --clean "$DEMO/sets/heldout.npy")
 for name in kfac svd unedited; do

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's Table 1 on the real SmolLM2-135M-Instruct, fine-tuned to memorize real passages
+# The paper's Table 1 on SmolLM2-135M-Instruct (its Q4_1 GGUF, dequantized), fine-tuned to memorize real passages
 # (`kfac-mem demo --preset smollm2`): K-FAC vs SVD vs BalancedSubnet at matched perplexity.
 #
 #   bash scripts/compare_smollm2.sh [SMOL_OUT] [COMPARE_OUT]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The pipeline on your own model, one stage at a time (each stage writes config.yaml beside its
-# outputs and reads upstream artifacts by path). Shown on the real SmolLM2-135M that
-# `make demo`/`make test` install; replace --model with an HF directory, a .gguf or a preset.
+# outputs and reads upstream artifacts by path). Shown on SmolLM2-135M-Instruct as `make demo`/
+# `make test` install it (the `smollm2-135m` preset: its Q4_1-quantized GGUF, dequantized to
+# float32); replace --model with an HF directory, a .gguf or a preset.
 set -euo pipefail
 OUT=${1:-runs/stage-by-stage}
 MODEL=${MODEL:-smollm2-135m}

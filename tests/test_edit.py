@@ -235,7 +235,7 @@ def test_edit_report_and_sharded_equals_unsharded(tiny, eigen_dir, mesh8, mesh1)
     for r8, r1 in zip(rows8, rows1):
         assert r8["kept"] == r1["kept"] and r8["rank"] == r1["rank"]
         assert 0 < r8["rel_delta_fro"] < 1
-        assert r8["kept_fraction"] >= r8["value"]
+        assert r8["kept_mass"] >= r8["value"]
         k = np.asarray(get_path(p1, (*r1["id"].split("."), "kernel")))
         assert r1["rank"] == np.linalg.matrix_rank(k)
 
@@ -249,7 +249,7 @@ def test_controls(tiny, eigen_dir):
     u, s, vt = np.linalg.svd(w, full_matrices=False)
     np.testing.assert_allclose(new, (u[:, :32] * s[:32]) @ vt[:32], atol=1e-10)
     assert row["rank"] == row["kept"] == 32
-    np.testing.assert_allclose(row["kept_fraction"], (s[:32] ** 2).sum() / (s**2).sum())
+    np.testing.assert_allclose(row["kept_mass"], (s[:32] ** 2).sum() / (s**2).sum())
     # Band: removes exactly the components ranked [10%, 25%) by Π.
     opts = EditOptions(method="band", precision="float64")
     new, row = edit_weight(w, (10.0, 25.0), opts, e, name=GATE0)
@@ -257,7 +257,7 @@ def test_controls(tiny, eigen_dir):
     kept = brute_force_band(pi, 10.0, 25.0)
     assert_edit_matches_up_to_ties(new, w, e.U_G, e.U_A, pi, kept, atol=1e-10)
     assert row["kept"] == kept.sum()
-    np.testing.assert_allclose(row["kept_fraction"], pi[kept].sum() / pi.sum(), rtol=1e-6)
+    np.testing.assert_allclose(row["kept_mass"], pi[kept].sum() / pi.sum(), rtol=1e-6)
     # Random bases: same number kept, a different matrix, reproducible by seed.
     kf, kf_row = edit_weight(w, 0.6, EditOptions(precision="float64"), e, name=GATE0)
     r1, rrow = edit_weight(
@@ -295,7 +295,7 @@ def test_ekfac_hook(tiny, eigen_dir, tmp_path):
     dense, drow = edit_weight(w, 0.6, opts, e, eigen, name=GATE0)
     stair, srow = edit_weight(w, 0.6, EditOptions(compute_rank=False), e, name=GATE0)
     assert abs(drow["kept"] - srow["kept"]) <= 1
-    np.testing.assert_allclose(drow["kept_fraction"], srow["kept_fraction"], rtol=1e-9)
+    np.testing.assert_allclose(drow["kept_mass"], srow["kept_mass"], rtol=1e-9)
     ref = brute_force_mask(pi_kfac, 0.6)
     for got in (dense, stair):
         assert_edit_matches_up_to_ties(got, w, e.U_G, e.U_A, pi_kfac, ref, atol=2e-6)
@@ -397,7 +397,7 @@ def test_cli_edit_end_to_end(tiny, eigen_dir, tmp_path, capsys):
         report = json.load(f)
     rows = {r["id"]: r for r in report["matrices"]}
     assert rows["model.layers.1.mlp.down_proj"]["untouched"]
-    assert 0.6 <= rows[GATE0]["kept_fraction"] < 0.7
+    assert 0.6 <= rows[GATE0]["kept_mass"] < 0.7
     assert report["eigen"]["factor_run"]["model"]["fingerprint"] == tiny.fingerprint()
     assert report["warning"] is None
     assert os.path.isfile(os.path.join(out, "config.yaml"))
@@ -413,24 +413,65 @@ def test_cli_edit_end_to_end(tiny, eigen_dir, tmp_path, capsys):
     assert cli_main([*base, "--layers-json", '{"0": {"gate": 1.5}}']) == 2
     assert "outside (0, 1]" in capsys.readouterr().err
     assert not os.path.exists(bad_out)
-    # Short form with the svd control (no eigen run needed).
+    # Short form with the svd control (no eigen run needed): its knob is --drop, and --rho (the
+    # curvature mass kept) is refused with a pointer to --drop.
+    svd = ["edit", "--model", "tiny-olmo2", "--out", str(tmp_path / "svd"), "--method", "svd"]
+    svd += ["--layers", "1", "--projections", "gate"]
+    assert cli_main([*svd, "--rho", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--drop" in err and "--rho" in err
+    assert not os.path.exists(tmp_path / "svd")
+    assert cli_main([*svd, "--drop", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "drop=0.5" in printed and "kept share" in printed
+    with open(tmp_path / "svd" / "report.json") as f:
+        (row,) = json.load(f)["matrices"]
+    assert row["kept"] == 32 and row["components"] == 64 and row["kept_share"] == 0.5
+    assert row["kept_measure"] == "squared singular values" and 0.5 < row["kept_mass"] < 1
     assert (
-        cli_main(
-            [
-                "edit",
-                "--model",
-                "tiny-olmo2",
-                "--out",
-                str(tmp_path / "svd"),
-                "--method",
-                "svd",
-                "--layers",
-                "1",
-                "--projections",
-                "gate",
-                "--rho",
-                "0.5",
-            ]
-        )
-        == 0
+        cli_main([*base[:-2], "--out", str(tmp_path / "d"), "--layers", "1", "--drop", "0.5"]) == 2
     )
+    assert "--method svd" in capsys.readouterr().err
+
+
+def test_cli_edit_table_shows_kept_mass_and_components(tiny, eigen_dir, capsys, tmp_path):
+    """The printed table: kept mass (≈ ρ) and kept components as a count and a share of all."""
+    out = str(tmp_path / "e")
+    args = ["edit", "--model", "tiny-olmo2", "--eigen", eigen_dir, "--out", out]
+    assert cli_main([*args, "--layers", "0", "--projections", "gate", "--rho", "0.6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = lines[0]
+    for title in ("setting", "kept mass", "kept comps", "of", "kept share"):
+        assert title in head
+    (row_line,) = [line for line in lines if line.startswith(GATE0)]
+    with open(os.path.join(out, "report.json")) as f:
+        (row,) = json.load(f)["matrices"]
+    assert row["components"] == 128 * 64 and row["kept_share"] == row["kept"] / row["components"]
+    assert row["kept_measure"] == "curvature mass" and 0.6 <= row["kept_mass"] < 0.7
+    assert row["kept_share"] < row["kept_mass"]  # high-curvature components are few
+    cells = row_line.split()
+    assert "ρ=0.6" in cells and str(row["kept"]) in cells and str(row["components"]) in cells
+    assert f"{row['kept_share']:.4f}" in cells and f"{row['kept_mass']:.4f}" in cells
+
+
+def test_cli_edit_export_hf_only_writes_no_orbax_copy(tiny, eigen_dir, capsys, tmp_path):
+    """--out is optional with --export-hf: the HF directory is the only output (with the edit's
+    report.json and config.yaml) and transformers-loadable; neither flag is an error."""
+    hf_dir = tmp_path / "hf"
+    args = ["edit", "--model", "tiny-olmo2", "--eigen", eigen_dir]
+    args += ["--layers", "1", "--projections", "gate,up", "--rho", "0.7"]
+    assert cli_main([*args, "--export-hf", str(hf_dir)]) == 0
+    capsys.readouterr()
+    assert sorted(os.listdir(tmp_path)) == ["hf"]  # no Orbax directory anywhere
+    names = set(os.listdir(hf_dir))
+    assert {"config.json", "model.safetensors", "report.json", "config.yaml"} <= names
+    assert "params" not in names and "model_config.json" not in names
+    with open(hf_dir / "report.json") as f:
+        report = json.load(f)
+    edited = load_pretrained(str(hf_dir))
+    assert edited.fingerprint() == report["model"]["edited_fingerprint"]
+    with open(hf_dir / "provenance.json") as f:
+        assert json.load(f)["metadata"]["edit"]["plan"] == report["plan"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--export-hf" in err and err.count("\n") == 1

@@ -121,6 +121,26 @@ def test_decompose_run_roundtrip_and_links(tmp_path, factor_dir, tiny, mesh8):
     np.testing.assert_array_equal(up.U_A, loaded.site("model.layers.1.mlp.gate_proj").U_A)
 
 
+def test_chunked_eigen_run_equals_one_chunk(tmp_path, factor_dir, mesh8):
+    """The path a 7B model takes: a chunk budget far below one stack splits each same-size group
+    into several chunks (each padded to the 8 shards); every factor's eigenpairs equal those of
+    the run that holds each group in one chunk."""
+    run = load_factors(factor_dir)
+    one = decompose_run(run, str(tmp_path / "one"), *mesh8)
+    # A budget below one matrix: one matrix per device per chunk, 8 factors per chunk.
+    many = decompose_run(run, str(tmp_path / "many"), *mesh8, chunk_bytes=1)
+    dims = [c["dim"] for c in many.metadata["chunks"].values()]
+    assert len(dims) > len(set(dims)), many.metadata["chunks"]  # some size spans several chunks
+    assert all(c["count"] <= 8 and c["padded"] == 8 for c in many.metadata["chunks"].values())
+    assert many.metadata["entries"].keys() == one.metadata["entries"].keys()
+    for key in one.metadata["entries"]:
+        (w1, u1), (w2, u2) = one.factor(key), many.factor(key)
+        np.testing.assert_allclose(w2, w1, rtol=1e-5, atol=1e-6 * abs(w1[0]))
+        # Eigenvectors are defined up to sign (and rotation within near-degenerate eigenvalues):
+        # compare the factors they rebuild.
+        np.testing.assert_allclose((u2 * w2) @ u2.T, (u1 * w1) @ u1.T, atol=2e-6 * abs(w1[0]))
+
+
 def test_eigen_run_restores_after_other_device_count(tmp_path, factor_dir, mesh8, mesh1):
     run = load_factors(factor_dir)
     a = decompose_run(run, str(tmp_path / "e8"), *mesh8, site_ids=["model.layers.0.mlp.down_proj"])

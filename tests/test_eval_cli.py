@@ -138,3 +138,55 @@ def test_mine_cli(tiny8, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["candidates"], summary["memorized"], summary["train"]) == (16, 6, 3)
     assert all(r["corpus"] == str(corpus) and r["start"] == 0 for r in found)
+
+
+def test_evaluate_checks_every_suite_before_running_any(tiny8, tmp_path, capsys):
+    """A tokenizer-less model with only --memorized: by default the suites it cannot run are
+    skipped with the reason (and recitation runs); named explicitly, such a suite is a one-line
+    error before anything is written."""
+    mem = _jsonl(tmp_path / "mem.jsonl", _greedy_rows(tiny8, 2, 8, 8, seed=4))
+    out = tmp_path / "eval"
+    base = ["evaluate", "--model", "tiny-olmo2", "--memorized", f"m={mem}"]
+    assert main([*base, "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["suites"] == ["recitation"] and res["recitation"]["m"]["strict"] == 1.0
+    assert set(res["skipped"]) == {"perplexity", "ndcg", "tasks"}
+    assert "tokenizer" in res["skipped"]["tasks"] and "--baseline" in capsys.readouterr().out
+    for suites, needs in (("recitation,tasks", "tokenizer"), ("perplexity", "tokenizer")):
+        bad = tmp_path / f"bad-{needs}-{suites}"
+        assert main([*base, "--suites", suites, "--out", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needs in err, err
+        assert ("--suites" in err or "--text" in err) and not bad.exists()
+    assert main([*base, "--suites", "ndcg", "--out", str(tmp_path / "n")]) == 2
+    assert "--baseline" in capsys.readouterr().err
+
+
+def test_evaluate_warns_about_text_the_model_was_tuned_on(tmp_path, capsys):
+    """The committed demo model was trained on LAMBADA passages (its provenance.json says so):
+    perplexity on bundled lambada draws a one-line warning on stderr, also for a model edited
+    from it (followed through model_config.json's source); the default text (coqa) none."""
+    from kfac_mem.evaluation.provenance import tuned_texts
+    from kfac_mem.evaluation.text import DEFAULT_TEXT
+
+    asset = os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "kfac_mem/demo/assets/demo-olmo2"
+    )
+    if not os.path.isfile(os.path.join(asset, "provenance.json")):
+        pytest.skip("the committed demo model is not in this checkout")
+    assert set(tuned_texts(asset)) == {"lambada"} and DEFAULT_TEXT not in tuned_texts(asset)
+    model = models.load_pretrained(asset)
+    edited = models.save_model(model, str(tmp_path / "edited"), metadata={"edit": {"plan": {}}})
+    assert set(tuned_texts(edited)) == {"lambada"}
+    assert tuned_texts("tiny-olmo2") == {}
+    base = ["evaluate", "--suites", "perplexity", "--limit", "2", "--window", "32"]
+    assert main([*base, "--model", edited, "--text", "lambada", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "warning" in x]
+    assert "--text lambada" in line and "held out" in line and "provenance.json" in line
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert len(res["warnings"]) == 1 and "lambada" in res["perplexity"]
+    assert main([*base, "--model", asset, "--out", str(tmp_path / "b")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert list(res["perplexity"]) == ["coqa"] and res["warnings"] == []

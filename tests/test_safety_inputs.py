@@ -155,12 +155,12 @@ def test_flag_values_name_the_flag(capsys, tmp_path):
 def test_edit_cli_flag_values_name_the_flag(capsys, tmp_path):
     out = str(tmp_path / "x")
     base = ["edit", "--model", "tiny-olmo2", "--method", "svd", "--out", out]
-    for extra, flag in (
-        (["--layers", "0", "--rho", "abc"], "--rho"),
-        (["--layers", "x"], "--layers"),
+    for extra, start in (
+        (["--layers", "0", "--rho", "0.5"], "--method svd takes --drop"),  # ρ is mass kept
+        (["--layers", "x", "--drop", "0.5"], "--layers expects"),
     ):
-        rc, msg = run_cli([*base, *extra, *([] if "--rho" in extra else ["--rho", "1"])], capsys)
-        assert rc == 2 and msg.startswith(f"kfac-mem edit: error: {flag} expects"), msg
+        rc, msg = run_cli([*base, *extra], capsys)
+        assert rc == 2 and msg.startswith(f"kfac-mem edit: error: {start}"), msg
     assert not os.path.exists(out)
 
 

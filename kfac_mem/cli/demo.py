@@ -4,7 +4,8 @@ kfac-mem demo                      committed small OLMo-2 -> mine, collect, deco
                                    edit sweep, evaluate, report (runs/demo/report.md)
 kfac-mem demo --retrain            train that model from scratch first (cached in OUT/model)
 kfac-mem demo --preset tiny        every stage at toy size (CI)
-kfac-mem demo --preset smollm2     the real SmolLM2-135M-Instruct, fine-tuned to memorize
+kfac-mem demo --preset smollm2     SmolLM2-135M-Instruct (its Q4_1 GGUF, dequantized), fine-tuned
+                                   to memorize
 kfac-mem demo --preset vit-digits  the vision experiment (label-noise memorization)
 kfac-mem demo --preset vit-digits --seeds 0-4
                                    the same over 5 seeds: mean, sd and 95% interval across seeds

@@ -2,12 +2,21 @@
 
   kfac-mem edit --model M --eigen runs/eigen --out runs/edited \
       --layers-json '{"23": {"gate": 0.6, "up": 0.6}}' [--export-hf runs/edited-hf]
+  kfac-mem edit --model M --eigen runs/eigen --export-hf runs/edited-hf \
+      --layers 23-25 --projections gate,up --rho 0.6          # HF checkpoint only, no Orbax copy
+  kfac-mem edit --model M --out runs/svd --method svd --layers 23-25 --drop 0.5
 
 Per matrix: keep the shortest descending-curvature prefix holding a fraction ρ of the curvature
 mass (ρ ≥ 0.9999: untouched), W' = U_G((U_Gᵀ W U_A) ⊙ M)U_Aᵀ, cast back. Controls: --method svd
-(value = fraction of bottom singular components dropped), band (value = [lo, hi] percent of
+(--drop = fraction of bottom singular components dropped), band (value = [lo, hi] percent of
 components ranked by curvature, removed), random (the same kept set in random orthogonal bases).
-Writes the edited model (Orbax), report.json, config.yaml, and optionally an HF checkpoint.
+In --layers-json / --layers-file the value per matrix means the same: ρ, the drop fraction (svd),
+or [lo, hi]. Writes the edited model (Orbax: --out, with report.json and config.yaml) and/or an
+HF checkpoint (--export-hf; without --out it also holds report.json and config.yaml).
+
+The printed table: "kept mass" = share of curvature mass (kfac, band) or of squared singular
+values (svd) kept; "kept comps" of "of" = rank-one components kept out of all (d_out·d_in, or
+min(d_out, d_in) singular components for svd); "kept share" = their ratio.
 """
 
 from __future__ import annotations
@@ -46,12 +55,17 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         default=None,
         help="eigen run directory (`kfac-mem decompose --out`); not needed for svd",
     )
-    p.add_argument("--out", required=True, help="directory for the edited model (Orbax) + report")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="directory for the edited model (Orbax) + report; optional with --export-hf",
+    )
     p.add_argument(
         "--export-hf",
         default=None,
         metavar="DIR",
-        help="also write an HF checkpoint directory (config.json + model.safetensors)",
+        help="write an HF checkpoint directory (config.json + model.safetensors + tokenizer.json); "
+        "with --out as well as the Orbax copy, without --out instead of it",
     )
     p.add_argument(
         "--export-dtype",
@@ -69,7 +83,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     g.add_argument(
         "--layers",
         default=None,
-        help="short form: layer indices (23,24 or 23-25) with --projections and --rho",
+        help="short form: layer indices (23,24 or 23-25) with --projections and --rho "
+        "(or --drop for --method svd)",
     )
     p.add_argument(
         "--projections",
@@ -79,7 +94,15 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--rho",
         default=None,
-        help="with --layers: the value for every matrix (ρ, a drop fraction, or lo,hi)",
+        help="with --layers: ρ, the fraction of curvature mass kept in every matrix, in (0, 1] "
+        "(kfac, random); or lo,hi percent of components removed (band, random)",
+    )
+    p.add_argument(
+        "--drop",
+        type=float,
+        default=None,
+        help="with --layers and --method svd: the fraction of singular components dropped from "
+        "every matrix, in [0, 1) (0.5 drops the bottom half)",
     )
     p.add_argument("--method", choices=METHODS, default=d.method)
     p.add_argument(
@@ -122,6 +145,16 @@ def _plan(args: argparse.Namespace, model):
         return plan_from_json(args.layers_json, sites)
     if args.layers_file is not None:
         return plan_from_file(args.layers_file, sites)
+    if args.method == "svd":
+        if args.drop is None:
+            raise ValueError(
+                "--method svd with --layers needs --drop (the fraction of singular components "
+                "dropped, in [0, 1))."
+            )
+        layers, projs = parse_layer_selection(
+            args.layers, args.projections, model.config.num_layers, ("gate", "up")
+        )
+        return plan_from_flags(layers, projs, float(args.drop), sites)
     if args.rho is None:
         raise ValueError("--layers needs --rho (the value for every listed matrix).")
     try:
@@ -145,6 +178,20 @@ def run(args: argparse.Namespace) -> int:
     from kfac_mem.editing.report import format_table
 
     out = model_output_dir(args)
+    if args.method == "svd" and args.rho is not None:
+        raise ValueError(
+            "--method svd takes --drop (the fraction of singular components dropped, e.g. "
+            "--drop 0.5), not --rho (the fraction of curvature mass kept)."
+        )
+    if args.drop is not None and args.method != "svd":
+        raise ValueError(
+            f"--drop is the SVD control's knob (--method svd); --method {args.method} takes --rho."
+        )
+    if args.drop is not None and args.layers is None:
+        raise ValueError(
+            "--drop goes with --layers (short form); in --layers-json / --layers-file the value "
+            "per matrix is the drop fraction itself."
+        )
     if args.method != "svd" and not args.eigen:
         raise ValueError(f"--method {args.method} needs --eigen (run `kfac-mem decompose` first).")
     eigen = load_eigen(args.eigen) if args.eigen else None
@@ -188,8 +235,11 @@ def run(args: argparse.Namespace) -> int:
     )
     rows = result.record["matrices"]
     print(format_table(rows))
+    where = [out] if out else []
+    if args.export_hf:
+        where.append(f"HF: {os.path.abspath(args.export_hf)}")
     print(
         f"edited {sum(not r.get('untouched') for r in rows)} of {len(rows)} planned matrices "
-        f"-> {out}" + (f" (HF: {os.path.abspath(args.export_hf)})" if args.export_hf else "")
+        f"-> {', '.join(where)}"
     )
     return 0

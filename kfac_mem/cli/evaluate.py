@@ -1,9 +1,15 @@
-"""`kfac-mem evaluate`: recitation, perplexity, nDCG and task groups for a model -> results.json."""
+"""`kfac-mem evaluate`: recitation, perplexity, nDCG and task groups for a model -> results.json.
+
+Every requested suite is checked before any runs (memorized sets readable, text sources present
+and tokenizable, task files installed, a tokenizer where text is needed); a perplexity text that
+the model's provenance says it was trained or fine-tuned on is warned about on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from kfac_mem.cli.common import (
     add_mesh_flags,
@@ -61,8 +67,9 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         default=[],
         metavar="FILE",
         help="held-out text for perplexity/nDCG: .txt, .jsonl[.gz] (field --text-field), "
-        ".npy [N, L] token ids, or a bundled corpus name (lambada); repeatable; "
-        "default lambada",
+        ".npy [N, L] token ids, or a bundled corpus name (coqa, lambada); repeatable; default "
+        "coqa (CoQA passages, which no demo trains on; the demos train on lambada, and a text "
+        "the model's provenance says it was tuned on gets a warning)",
     )
     p.add_argument(
         "--text-field", default="text", help="jsonl field holding the text (default text)"
@@ -70,8 +77,10 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=128, help="tokens per perplexity/nDCG window")
     p.add_argument(
         "--suites",
-        default="recitation,perplexity,ndcg,tasks",
-        help="comma-separated subset of recitation,perplexity,ndcg,tasks",
+        default=None,
+        help="comma-separated subset of recitation,perplexity,ndcg,tasks; each named suite must "
+        "be able to run (checked before any runs). Default: every suite the inputs allow "
+        "(recitation needs --memorized, ndcg --baseline, text and tasks a tokenizer)",
     )
     p.add_argument(
         "--tasks",
@@ -104,16 +113,17 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kfac_mem.cli import flag_message
     from kfac_mem.evaluation import format_table, read_memorized
-    from kfac_mem.evaluation.runner import parse_suites
+    from kfac_mem.evaluation.runner import parse_suites, plan_evaluation
     from kfac_mem.evaluation.tasks import resolve_tasks
     from kfac_mem.rundir import check_output, claim
 
     check_output(args.out, "evaluation", inputs=path_inputs(args))
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}.")
-    suites = parse_suites(args.suites)
-    if "tasks" in suites:
+    suites = None if args.suites is None else parse_suites(args.suites)
+    if suites is None or "tasks" in suites:
         resolve_tasks(args.tasks)  # fail on a bad name before loading anything
     memorized = parse_memorized(args.memorized)
     for path in memorized.values():
@@ -122,11 +132,25 @@ def run(args: argparse.Namespace) -> int:
     mesh, rules = mesh_from_args(args)
     model = load_model(args, mesh, rules)
     baseline = load_model(args, mesh, rules, path=args.baseline) if args.baseline else None
+    plan = plan_evaluation(  # every requested suite's inputs, before any suite runs
+        model,
+        baseline=baseline,
+        memorized=memorized,
+        texts=args.text or None,
+        suites=suites,
+        tasks=args.tasks,
+        window=args.window,
+    )
+    for warning in plan.warnings:
+        print(
+            f"kfac-mem evaluate: warning: {flag_message(warning, 'evaluate', args)}",
+            file=sys.stderr,
+        )
     out_claim = claim(args.out, "evaluation", inputs=path_inputs(args))
     with out_claim:
         write_resolved_config(args.out, "evaluate", args)
         results = _evaluate(args, model, baseline, memorized, suites)
-    print(format_table(results))
+    print(flag_message(format_table(results), "evaluate", args))
     print(f"wrote {os.path.join(args.out, 'results.json')}")
     return 0
 

@@ -52,6 +52,13 @@ def add_parser(sub, name: str) -> None:
         help="collect: auto (default: checkpoint if it fits, else step), checkpoint or step",
     )
     p.add_argument(
+        "--scheme",
+        choices=("auto", "gather", "scatter"),
+        default="auto",
+        help="collect under reduce=step: per-site accumulation (auto: gather when the step's "
+        "activations are smaller than a full factor, else scatter)",
+    )
+    p.add_argument(
         "--memory-gib",
         type=float,
         default=None,
@@ -130,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         layer_ids=tuple(s.id for s in sites),
         mode=args.mode,
         reduce=args.reduce,
+        scheme=args.scheme,
         max_new_tokens=args.max_new_tokens,
         search=not args.no_search,
         max_search_compiles=args.max_search_compiles,

@@ -14,9 +14,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from kfac_mem.atomic import write_json_atomic
+from kfac_mem.atomic import after_primary_wrote, write_json_atomic
 from kfac_mem.collection import store as fstore
 from kfac_mem.collection.accumulate import (
     factor_shardings,
@@ -265,8 +264,7 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
     info["complete"] = last == n_batches
     checkpoint(last)
     manager.close()
-    if jax.process_count() > 1:  # every process reads the metadata that process 0 just wrote
-        multihost_utils.sync_global_devices(f"kfac_mem.collection.run:{out_dir}")
+    after_primary_wrote(f"kfac_mem.collection.run:{out_dir}")  # the others read its metadata
     return fstore.FactorRun(out_dir)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from kfac_mem.atomic import write_json_atomic
+from kfac_mem.atomic import after_primary_wrote, write_json_atomic
 from kfac_mem.collection.store import FactorRun, site_from_dict, site_to_dict
 from kfac_mem.decomposition.eigh import (
     check_finite,
@@ -229,6 +229,7 @@ def decompose_run(
             "manifest": run_manifest(),
         }
         write_json_atomic(os.path.join(out_dir, METADATA), meta)
+        after_primary_wrote(f"kfac_mem.decomposition:{out_dir}")
         return EigenRun(out_dir)
 
 

