@@ -377,6 +377,8 @@ def test_one_registry_of_keyword_preset_constructors():
         assert type(config).from_dict(config.to_dict()) == config, name
         assert models.preset_config(name) == config
     assert kinds[models.DecoderConfig] >= 9 and kinds[models.ViTConfig] >= 4
+    assert set(models.PRESET_DESCRIPTIONS) == set(models.PRESETS)  # one line on what each loads
+    assert all("\n" not in d and d for d in models.PRESET_DESCRIPTIONS.values())
     with pytest.raises(TypeError):  # keyword-only: no positional dimensions
         models.DecoderConfig("olmo2", 256, 64, 128, 2, 4, 2, 16)
     with pytest.raises(ValueError, match=r"`num_layers` must be >= 1, got 0"):
