@@ -1,8 +1,9 @@
 """kfac_mem: K-FAC curvature analysis and removal of memorization, in JAX.
 
 The pipeline's stages as library calls (each is what the `kfac-mem` subcommand of the same name
-runs): `make_mesh` → `select_sites` → `collect` → `load_factors` → `decompose_run` → `load_eigen` →
-`parse_plan` / `plan_from_flags` + `apply_plan` (the edit) → `mine`, `run_evaluation` → `analyze`.
+runs): `make_mesh` → `select_sites` → `collect` (+ `merge_factor_runs`) → `load_factors` →
+`decompose_run` → `load_eigen` → `parse_plan` / `plan_from_flags` + `apply_plan` (the edit) →
+`mine`, `run_evaluation` → `analyze`.
 The method and the on-disk formats are docs/design.md; the public API is `__all__` here and in
 the stage packages (`kfac_mem.collection`, `.decomposition`, `.editing`, `.evaluation`,
 `.analysis`, `.baselines`, `.vision`, `.experiments`, `.audit`, `.plan`);
@@ -18,6 +19,7 @@ from kfac_mem.collection import Factor as Factor
 from kfac_mem.collection import FactorRun as FactorRun
 from kfac_mem.collection import collect as collect
 from kfac_mem.collection import load_factors as load_factors
+from kfac_mem.collection import merge_factor_runs as merge_factor_runs
 from kfac_mem.collection import select_sites as select_sites
 from kfac_mem.data import LabelledExamples as LabelledExamples
 from kfac_mem.data import Windows as Windows
@@ -66,6 +68,7 @@ __all__ = [
     "load_mesh_config",
     "load_windows",
     "make_mesh",
+    "merge_factor_runs",
     "mine",
     "parse_plan",
     "plan_from_flags",

@@ -39,7 +39,7 @@ LOCK = ".kfac-mem.lock"
 MARKER_FORMAT = "kfac-mem-dir-v1"
 # kind -> what a message calls it
 KINDS = {
-    "factors": "a factor run (`kfac-mem collect`)",
+    "factors": "a factor run (`kfac-mem collect` or `merge`)",
     "eigen": "an eigen run (`kfac-mem decompose`)",
     "model": "an edited model (`kfac-mem edit` / `baseline`)",
     "hf-export": "an HF export (`models.export_hf`, `kfac-mem export`)",

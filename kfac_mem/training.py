@@ -75,8 +75,16 @@ class TrainConfig:
 
 
 def next_token_loss(model, params: Params, tokens: jax.Array) -> jax.Array:
-    """Mean cross-entropy over labelled positions (all but the last of each window)."""
-    inputs, labels, weights = model.loss_targets(tokens)
+    """Mean cross-entropy over labelled positions (all but the last of each window).
+
+    Negative ids are right padding of windows shorter than the array (`kfac_mem.evaluation.ragged`
+    `PAD`, docs/design.md §3): they are fed as token 0 and no position predicts them, so a padded
+    window's loss is that of the window alone (a causal model never lets a token see later pads).
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    real = tokens >= 0
+    inputs, labels, weights = model.loss_targets(jnp.where(real, tokens, 0))
+    weights = weights * jnp.concatenate([real[:, 1:], jnp.zeros_like(real[:, :1])], axis=1)
     logits = model.apply(params, inputs)[0].astype(jnp.float32)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], -1)[..., 0]
     return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -320,7 +320,7 @@ def test_bad_input(olmo8, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("hello")
     with pytest.raises(ValueError, match="shorter than one window"):
-        load_windows([str(short)], seq_len=64, tokenizer=_CharTokenizer())
+        load_windows([str(short)], seq_len=64, tokenizer=_CharTokenizer(), eos_id=None)
     with pytest.raises(ValueError, match="no windows"):
         collect(
             olmo8,

@@ -3,6 +3,7 @@ claim, and `kfac-mem compare` writes its tables."""
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -193,6 +194,14 @@ def test_compare_cli_names_what_is_missing(tmp_path):
     assert cli_main([*_cli_args(p), "--methods", "kfac", "--out", str(tmp_path / "x")]) == 2
     assert cli_main([*_cli_args(p), "--methods", "bsn", "--out", str(tmp_path / "y")]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # --seeds: a per-seed eigen run ({seed} in --eigen) must exist for every seed, and {seed}
+    # needs --seeds; both are refused before any model is loaded.
+    eigen = str(tmp_path / "eigen-{seed}")
+    base = [*_cli_args(p), "--methods", "svd", "--eigen", eigen]
+    assert cli_main([*base, "--seeds", "0-1", "--out", str(tmp_path / "z")]) == 2
+    assert cli_main([*base, "--out", str(tmp_path / "w")]) == 2
+    assert cli_main([*base, "--seeds", "1-0", "--out", str(tmp_path / "v")]) == 2
+    assert not any((tmp_path / d).exists() for d in ("z", "w", "v"))
 
 
 @pytest.mark.slow
@@ -237,3 +246,54 @@ def test_full_comparison_with_stress_tests(toy, eigen):
     ] == len(toy.validation[0]["suffix_ids"])
     md = markdown({k: v for k, v in res.items() if k != "params"})
     assert "exact-match length" in md and "| BSN | OOD |" in md
+
+
+# --- seeds --------------------------------------------------------------------------------------
+
+
+def test_compare_over_seeds_reruns_bsn_and_aggregates(toy, tmp_path):
+    """`run_compare_seeds` (what `kfac-mem compare --seeds` runs): each seed reinitializes BSN
+    (different masks), the sets are the same, the aggregate is `across_seeds` of each seed's
+    measures, and a rerun reads finished seeds back."""
+    from kfac_mem.atomic import write_json_atomic
+    from kfac_mem.baselines.seeds import run_compare_seeds, seeded
+    from kfac_mem.stats import across_seeds
+
+    sets = CompareSets(toy.train, toy.validation, [], toy.text, toy.retain)
+    options = CompareOptions(
+        methods=("bsn",),
+        target_ratio=1.25,
+        tolerance=0.5,
+        refine=0,
+        bsn=BSNConfig(epochs=2, batch_size=8, projections=("gate", "up", "down")),
+        bsn_ratios=(0.1,),
+        bsn_loss_weights=(0.1,),
+        bsn_learning_rates=(1.0,),
+        stress=StressOptions(relearn_steps=0, shifts=(1,)),
+        batch_size=8,
+        ndcg_windows=4,
+    )
+    assert (seeded(options, 3).bsn.seed, seeded(options, 3).stress.seed) == (3, 3)
+    written = {}
+
+    def write(results, params, directory):
+        written[directory] = params
+        write_json_atomic(os.path.join(directory, "results.json"), results)
+
+    out = str(tmp_path / "seeds")
+    res = run_compare_seeds(toy.model, None, sets, options, [0, 1], out, write, log=None)
+    per = [json.load(open(os.path.join(out, f"seed-{s}", "results.json"))) for s in (0, 1)]
+    bsn = [p["methods"]["bsn"] for p in per]
+    assert bsn[0]["perplexity"] != bsn[1]["perplexity"]  # another initialization, another mask
+    base = [p["methods"]["baseline"]["perplexity"] for p in per]
+    assert base[0] == base[1]  # the unedited model does not depend on the seed
+    agg = res["aggregate"]["methods"]["bsn"]["perplexity"]
+    want = across_seeds([b["perplexity"] for b in bsn])
+    assert (agg["mean"], agg["sd"], agg["n"]) == (want["mean"], want["sd"], 2)
+    d = res["aggregate"]["differences"]["bsn_vs_baseline"]["train"]["strict"]
+    assert d["n"] == 2 and d["values"] == [
+        p["paired"]["bsn_vs_baseline"]["train"]["strict"]["difference"] for p in per
+    ]
+    assert "Comparison over seeds [0, 1]" in open(os.path.join(out, "seeds.md")).read()
+    again = run_compare_seeds(toy.model, None, sets, options, [0, 1], out, write, log=None)
+    assert len(written) == 2 and again["aggregate"] == json.loads(json.dumps(res["aggregate"]))

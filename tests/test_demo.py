@@ -113,7 +113,7 @@ def test_one_registry_of_demo_presets(capsys):
         config = demo_config(name)
         assert isinstance(config, kinds[preset.experiment]) and config == preset.config()
         assert getattr(config, "name", name) == name
-        assert preset.multi_seed == (preset.experiment == "vision")
+        assert preset.multi_seed == (preset.experiment != "smollm2")
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())

@@ -156,3 +156,47 @@ def test_edit_model_record_and_refusal_of_non_finite_weights(tiny_with_eigen, tm
     assert not (tmp_path / "nan").exists()
     with pytest.raises(ValueError, match="`eigen` is required"):
         edit_model(model, None, plan)
+
+
+# --- seeds: the one multi-seed mechanism ---------------------------------------------------------
+
+
+def test_run_seeds_aggregates_resumes_and_renders(tmp_path):
+    from kfac_mem.atomic import write_json_atomic
+    from kfac_mem.errors import InputError
+    from kfac_mem.experiments.seeds import parse_seeds, render_table, run_seeds
+    from kfac_mem.stats import across_seeds
+
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+    for bad in ("2-0", "x", "1,1", "", "-1"):
+        with pytest.raises(InputError, match="seeds"):
+            parse_seeds(bad)
+    calls = []
+
+    def run_one(seed, directory):  # a fake experiment: its numbers are functions of the seed
+        calls.append(seed)
+        summary = {"a": {"rate": 0.1 * seed, "never": math.nan}, "b": seed**2, "label": "x"}
+        write_json_atomic(os.path.join(directory, "summary.json"), summary)
+        return summary
+
+    def measures(summary):
+        return {"a": summary["a"], "b": summary["b"]}
+
+    kwargs = dict(
+        experiment="fake",
+        seed_fields=("seed",),
+        render=lambda r: render_table(r, "fake", scale=lambda p: 100.0 if p[-1] == "rate" else 1),
+    )
+    out = str(tmp_path / "multi")
+    res = run_seeds([1, 2, 4], run_one, measures, out, **kwargs)
+    assert calls == [1, 2, 4]
+    assert res["aggregate"]["a"]["rate"] == across_seeds([0.1, 0.2, 0.4])
+    assert res["aggregate"]["b"]["values"] == [1.0, 4.0, 16.0]
+    assert "never" not in res["aggregate"]["a"]  # NaN for every seed: left out, not averaged
+    assert res["per_seed"]["4"]["b"] == 16
+    md = open(os.path.join(out, "seeds.md")).read()
+    assert "| a / rate | 23.333 [" in md and "3 of 3" in md and "10, 20, 40" in md
+    assert json.load(open(os.path.join(out, "seeds.json")))["seeds"] == [1, 2, 4]
+    # A rerun reads finished seeds back and runs only the new one.
+    again = run_seeds([1, 2, 4, 5], run_one, measures, out, **kwargs)
+    assert calls == [1, 2, 4, 5] and again["aggregate"]["b"]["n"] == 4

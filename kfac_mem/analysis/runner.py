@@ -231,6 +231,7 @@ def _checked_inputs(
         options.positions,
         options.seq_len,
         options.max_examples,
+        eos_id=getattr(model.config, "eos_token_id", None),
     )
     if clean is None and "clean" in example_sets:
         clean = "clean"

@@ -4,12 +4,19 @@ A set comes from
   * a jsonl file of windows as written by `kfac-mem mine` (rows with `prefix_ids`, `suffix_ids`;
     window = prefix ‖ suffix), or an in-memory list of such rows;
   * a text file (`.txt`, or `.jsonl` rows with a `text` field, or a directory of them): documents
-    are tokenized with the model's tokenizer, concatenated and cut into windows of `seq_len`;
+    are tokenized with the model's tokenizer and joined into windows of `seq_len` by the rule
+    collect and evaluate use (`kfac_mem.data.join_documents`: the model's EOS id after every
+    document; docs/design.md §2.10);
   * a `.npy` int array [N, L] of ready-made windows, or such an array in memory.
 
 `positions[n, t] = 1` marks the positions t whose next-token cross-entropy enters example n's loss
 L_n: every position but the last (`all`, default), or only those predicting suffix tokens
 (`suffix`, windows with a prefix only; text sets have no suffix and use all positions).
+
+Window rows may differ in prefix and suffix length (the quotes protocol, docs/design.md §3): the
+windows are then right-padded (token 0) to the longest and the padded positions carry no loss
+(`positions` 0 there and at each window's own last token). A causal model never lets a real token
+see a pad that follows it, so every per-example number equals that of the window alone.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from kfac_mem.data import EOS_REQUIRED
+from kfac_mem.errors import InputError
 from kfac_mem.evaluation.io import iter_jsonl, read_memorized
 from kfac_mem.validation import check_token_ids
 
@@ -39,7 +48,9 @@ class ExampleSet:
       positions: float32 [N, L]; 1 where the next-token loss at t counts (last column always 0).
       source: where it came from (path or "memory").
       kind: "windows" (prefix/suffix rows), "text" or "tokens".
-      prefix_len: prefix length of prefix/suffix windows, else None.
+      prefix_len: prefix length of prefix/suffix windows when every row shares it, else None.
+      lengths: int64 [N], each window's own length (≤ L; shorter ones are right-padded), or None
+        when every window fills the L columns.
     """
 
     name: str
@@ -48,6 +59,7 @@ class ExampleSet:
     source: str
     kind: str
     prefix_len: int | None = None
+    lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -57,14 +69,25 @@ class ExampleSet:
         return int(self.tokens.shape[1])
 
     def describe(self) -> dict[str, Any]:
+        lengths = self.lengths if self.lengths is not None else np.full(len(self), self.seq_len)
         return {
             "source": self.source,
             "kind": self.kind,
             "examples": len(self),
             "window_length": self.seq_len,
+            "window_length_range": [int(lengths.min()), int(lengths.max())],
             "prefix_length": self.prefix_len,
             "loss_positions": int(self.positions.sum()),
         }
+
+    def head(self, n: int) -> ExampleSet:
+        """The first `n` examples."""
+        return dataclasses.replace(
+            self,
+            tokens=self.tokens[:n],
+            positions=self.positions[:n],
+            lengths=None if self.lengths is None else self.lengths[:n],
+        )
 
 
 def check_name(name: str) -> str:
@@ -76,14 +99,28 @@ def check_name(name: str) -> str:
     return name
 
 
-def position_mask(n: int, length: int, positions: str, prefix_len: int | None) -> np.ndarray:
-    """float32 [n, length] loss-position mask (see module docstring)."""
+def position_mask(
+    n: int,
+    length: int,
+    positions: str,
+    prefix_len: int | np.ndarray | None,
+    lengths: np.ndarray | None = None,
+) -> np.ndarray:
+    """float32 [n, length] loss-position mask (see module docstring).
+
+    `prefix_len`: one prefix length or one per row (int [n]); `lengths`: each row's own window
+    length (int [n]; None: every row is `length` long). Position t counts when it predicts a
+    real token (t < own length − 1) and, with `positions="suffix"`, a suffix token.
+    """
     if positions not in POSITIONS:
         raise ValueError(f"`positions` must be one of {POSITIONS}, got {positions!r}.")
-    mask = np.zeros((n, length), np.float32)
-    start = prefix_len - 1 if positions == "suffix" and prefix_len else 0
-    mask[:, start : length - 1] = 1.0
-    return mask
+    t = np.arange(length)[None, :]
+    start = np.zeros((n, 1), np.int64)
+    if positions == "suffix" and prefix_len is not None:
+        start = np.broadcast_to(np.asarray(prefix_len, np.int64).reshape(-1, 1) - 1, (n, 1))
+        start = np.maximum(start, 0)
+    end = np.full((n, 1), length - 1) if lengths is None else np.asarray(lengths).reshape(-1, 1) - 1
+    return ((t >= start) & (t < end)).astype(np.float32)
 
 
 def _check_tokens(name: str, tokens: np.ndarray, vocab_size: int | None, where: str) -> np.ndarray:
@@ -101,34 +138,34 @@ def _check_tokens(name: str, tokens: np.ndarray, vocab_size: int | None, where: 
     return tokens.astype(np.int32)
 
 
-def _rows_to_tokens(name: str, rows: Sequence[Mapping[str, Any]], where: str) -> np.ndarray:
-    out, lengths = [], None
+def _rows_to_tokens(
+    name: str, rows: Sequence[Mapping[str, Any]], where: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(windows int64 [N, L] right-padded with 0, window lengths [N], prefix lengths [N])."""
+    out, prefix_lens = [], []
     for i, row in enumerate(rows):
         line = row.get("line", i + 1) if isinstance(row, Mapping) else i + 1
         if not isinstance(row, Mapping) or not all(f in row for f in ("prefix_ids", "suffix_ids")):
-            raise ValueError(
+            raise InputError(
                 f"Set `{name}` ({where}) row {line}: missing field(s) `prefix_ids`/`suffix_ids`; "
                 f"every row needs both (lists of token ids, as `kfac-mem mine` writes)."
             )
         prefix, suffix = list(row["prefix_ids"]), list(row["suffix_ids"])
         if not prefix or not suffix:
-            raise ValueError(f"Set `{name}` ({where}) row {line}: empty prefix or suffix.")
-        if lengths is None:
-            lengths = (len(prefix), len(suffix))
-        if (len(prefix), len(suffix)) != lengths:
-            raise ValueError(
-                f"Set `{name}` ({where}) row {line}: prefix/suffix of {len(prefix)}/{len(suffix)} "
-                f"tokens but the first row has {lengths[0]}/{lengths[1]}; all windows of a set "
-                f"must have the same lengths."
-            )
+            raise InputError(f"Set `{name}` ({where}) row {line}: empty prefix or suffix.")
         if not all(
             isinstance(t, int | np.integer) and not isinstance(t, bool) for t in prefix + suffix
         ):
-            raise ValueError(f"Set `{name}` ({where}) row {line}: token ids must be integers.")
+            raise InputError(f"Set `{name}` ({where}) row {line}: token ids must be integers.")
         out.append(prefix + suffix)
+        prefix_lens.append(len(prefix))
     if not out:
-        raise ValueError(f"Set `{name}` ({where}): no rows.")
-    return np.asarray(out, np.int64)
+        raise InputError(f"Set `{name}` ({where}): no rows.")
+    lengths = np.asarray([len(w) for w in out], np.int64)
+    tokens = np.zeros((len(out), int(lengths.max())), np.int64)
+    for i, w in enumerate(out):
+        tokens[i, : len(w)] = w
+    return tokens, lengths, np.asarray(prefix_lens, np.int64)
 
 
 def from_rows(
@@ -138,12 +175,28 @@ def from_rows(
     vocab_size: int | None = None,
     source: str = "memory",
 ) -> ExampleSet:
-    """A set from memorized-window rows ({prefix_ids, suffix_ids, ...})."""
+    """A set from memorized-window rows ({prefix_ids, suffix_ids, ...}), of one or of varying
+    prefix/suffix lengths (see module docstring)."""
     check_name(name)
-    tokens = _check_tokens(name, _rows_to_tokens(name, rows, source), vocab_size, source)
-    prefix_len = len(rows[0]["prefix_ids"])
-    mask = position_mask(len(tokens), tokens.shape[1], positions, prefix_len)
-    return ExampleSet(name, tokens, mask, source, "windows", prefix_len)
+    raw, lengths, prefix_lens = _rows_to_tokens(name, rows, source)
+    tokens = _check_tokens(name, raw, vocab_size, source)
+    uniform = bool((lengths == lengths[0]).all() and (prefix_lens == prefix_lens[0]).all())
+    mask = position_mask(
+        len(tokens),
+        tokens.shape[1],
+        positions,
+        prefix_lens,
+        None if uniform else lengths,
+    )
+    return ExampleSet(
+        name,
+        tokens,
+        mask,
+        source,
+        "windows",
+        int(prefix_lens[0]) if uniform else None,
+        None if uniform else lengths,
+    )
 
 
 def from_tokens(
@@ -181,8 +234,11 @@ def load_set(
     seq_len: int = 128,
     positions: str = "all",
     vocab_size: int | None = None,
+    *,
+    eos_id: int | None = EOS_REQUIRED,
 ) -> ExampleSet:
-    """Read a set from a file (see module docstring); errors name the set and file (and line)."""
+    """Read a set from a file (see module docstring); errors name the set and file (and line).
+    Text needs `eos_id` (the model's end-of-text id, or None; `kfac_mem.data.load_windows`)."""
     from kfac_mem.data import load_windows
 
     check_name(name)
@@ -200,7 +256,7 @@ def load_set(
             f"`sets` entry {name}={path} is text, but the model has no tokenizer to cut it into "
             f"windows; give token windows instead (a .npy [N, L] array or a jsonl of mined windows)."
         )
-    windows = load_windows([path], seq_len, tokenizer)
+    windows = load_windows([path], seq_len, tokenizer, eos_id=eos_id)
     return from_tokens(name, windows.tokens, vocab_size, os.path.abspath(path), kind="text")
 
 
@@ -212,13 +268,16 @@ def as_example_set(
     positions: str = "all",
     vocab_size: int | None = None,
     max_examples: int | None = None,
+    *,
+    eos_id: int | None = EOS_REQUIRED,
 ) -> ExampleSet:
-    """Coerce a path, token array, list of window rows or ExampleSet into an `ExampleSet`."""
+    """Coerce a path, token array, list of window rows or ExampleSet into an `ExampleSet`
+    (a text path needs `eos_id`, see `load_set`)."""
     if isinstance(obj, ExampleSet):
         s = dataclasses.replace(obj, name=check_name(name))
         _check_tokens(name, s.tokens, vocab_size, s.source)
     elif isinstance(obj, str | os.PathLike):
-        s = load_set(name, os.fspath(obj), tokenizer, seq_len, positions, vocab_size)
+        s = load_set(name, os.fspath(obj), tokenizer, seq_len, positions, vocab_size, eos_id=eos_id)
     elif isinstance(obj, np.ndarray):
         s = from_tokens(name, obj, vocab_size)
     elif isinstance(obj, Sequence):
@@ -229,9 +288,7 @@ def as_example_set(
             f"got {type(obj).__name__}."
         )
     if max_examples is not None and len(s) > max_examples:
-        s = dataclasses.replace(
-            s, tokens=s.tokens[:max_examples], positions=s.positions[:max_examples]
-        )
+        s = s.head(max_examples)
     return s
 
 
@@ -242,10 +299,13 @@ def resolve_sets(
     positions: str = "all",
     seq_len: int | None = None,
     max_examples: int | None = None,
+    *,
+    eos_id: int | None = EOS_REQUIRED,
 ) -> dict[str, ExampleSet]:
     """Every set as an `ExampleSet` (order kept). Text sets are cut into windows of `seq_len`, by
     default the length of the first window set (else of the first token set, else 128), so that
-    per-example sums over positions compare across sets."""
+    per-example sums over positions compare across sets; documents are joined with `eos_id`
+    after each (the model's end-of-text id, or None; docs/design.md §2.10)."""
     if not sets:
         raise ValueError("Give at least one example set (`sets`).")
     text = {
@@ -265,7 +325,7 @@ def resolve_sets(
         seq_len = by_kind[0] if by_kind else 128
     for name in text:
         loaded[name] = as_example_set(
-            name, sets[name], tokenizer, seq_len, positions, vocab_size, max_examples
+            name, sets[name], tokenizer, seq_len, positions, vocab_size, max_examples, eos_id=eos_id
         )
     return {name: loaded[name] for name in sets}
 

@@ -10,13 +10,15 @@ log-probability is reported with a paired bootstrap interval.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from kfac_mem.audit.options import AuditOptions
-from kfac_mem.audit.scoring import rate_block, score_candidates
+from kfac_mem.audit.scoring import rate_block, score_candidates, suffix_lengths
 from kfac_mem.evaluation.batching import length_bucket, pad_rows, place_batch, round_batch
+from kfac_mem.evaluation.ragged import PAD, pad_right
 from kfac_mem.evaluation.scoring import token_nll
 from kfac_mem.stats import bootstrap_mean, compare_paired
 
@@ -33,10 +35,20 @@ def window_nll(model, params, windows: np.ndarray, batch_size: int = 32) -> np.n
     return np.concatenate(out)
 
 
-def suffix_logprob(model, params, prefixes: np.ndarray, suffixes: np.ndarray, batch_size: int = 32):
-    """log p(suffix | prefix), float64 [N] (sum over the suffix tokens)."""
-    nll = window_nll(model, params, np.concatenate([prefixes, suffixes], 1), batch_size)
-    return -nll[:, prefixes.shape[1] - 1 :].sum(1)
+def suffix_logprob(
+    model,
+    params,
+    prefixes: Sequence[Sequence[int]],
+    suffixes: Sequence[Sequence[int]],
+    batch_size: int = 32,
+) -> np.ndarray:
+    """log p(suffix | prefix), float64 [N] (sum over the suffix tokens); rows may differ in
+    length (windows right-padded, each summed over its own suffix positions)."""
+    windows = [list(map(int, p)) + list(map(int, x)) for p, x in zip(prefixes, suffixes)]
+    nll = window_nll(model, params, pad_right(windows, fill=0), batch_size)
+    return np.asarray(
+        [-nll[i, len(p) - 1 : len(w) - 1].sum() for i, (p, w) in enumerate(zip(prefixes, windows))]
+    )
 
 
 def _beams(model, params, prefixes, s, options):
@@ -49,7 +61,7 @@ def _beams(model, params, prefixes, s, options):
         options.beam_width,
         params=params,
         batch_size=round_batch(options.beam_batch, model, len(prefixes)),
-        bucket=length_bucket(prefixes.shape[1]),
+        bucket=length_bucket(max(len(p) for p in prefixes)),
     )
 
 
@@ -58,16 +70,25 @@ def beam_extraction(
     params,
     baseline,
     baseline_params,
-    prefixes: np.ndarray,  # [N, P]
-    suffixes: np.ndarray,  # [N, S]
+    prefixes: Sequence[Sequence[int]],  # N prompts (lengths may differ)
+    suffixes: Sequence[Sequence[int]],  # N suffixes (lengths may differ)
     options: AuditOptions,
 ) -> dict[str, Any]:
     """Beam hits under the model; true-suffix log-probability and beam rank under model and
-    baseline (see module doc). Cost: 2 × width × |S| decoder calls + 2 forwards per example."""
-    n, s = suffixes.shape
+    baseline (see module doc). Rows are searched in groups of one suffix length, so every beam
+    is exactly |S_i| tokens long and its score compares with log p(S_i | P_i). Cost: 2 × width ×
+    |S| decoder calls + 2 forwards per example."""
+    n = len(suffixes)
+    lens = suffix_lengths(suffixes)
+    s = int(lens.max())
     side = {}
     for name, (m, p) in {"model": (model, params), "baseline": (baseline, baseline_params)}.items():
-        beams, scores = _beams(m, p, prefixes, s, options)
+        beams = np.full((n, options.beam_width, s), PAD, np.int32)
+        scores = np.zeros((n, options.beam_width), np.float32)
+        for length in np.unique(lens):
+            idx = np.flatnonzero(lens == length)
+            b, sc = _beams(m, p, [prefixes[i] for i in idx], int(length), options)
+            beams[idx, :, :length], scores[idx] = b, sc
         logp = suffix_logprob(m, p, prefixes, suffixes, options.batch_size)
         # Tolerance: the beam's running sum and the teacher-forced sum differ by float rounding.
         rank = 1 + (scores > logp[:, None] + 1e-4 * np.maximum(1.0, np.abs(logp[:, None]))).sum(1)
@@ -76,7 +97,9 @@ def beam_extraction(
     out = {
         "n": n,
         "width": options.beam_width,
-        **rate_block(sc["exact"].any(1), sc["loose"].any(1), sc["match"].max(1), s, options.seed),
+        **rate_block(
+            sc["exact"].any(1), sc["loose"].any(1), sc["match"].max(1), lens, options.seed
+        ),
         "logp_model": bootstrap_mean(side["model"]["logp"], options.seed),
         "logp_baseline": bootstrap_mean(side["baseline"]["logp"], options.seed),
         "logp_difference": compare_paired(

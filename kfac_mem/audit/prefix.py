@@ -8,40 +8,55 @@ Variants of the prompt P (|P| tokens) of every row, each decoded greedily for |S
   * `dropout{p}`: every prefix token deleted independently with probability p (one seeded draw
     per row; the last token is always kept so the continuation point is unchanged).
 An example counts as extracted by the family if any of its variants reproduces the suffix.
+
+Prefixes may differ in length (the quotes protocol): `last{n}` is used when n is shorter than the
+longest prefix (a prefix of ≤ n tokens is its own last n), `drop{t}` only when it leaves every
+row at least one token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from kfac_mem.audit.options import AuditOptions
-from kfac_mem.audit.scoring import greedy_scores, rate_block
+from kfac_mem.audit.scoring import greedy_scores, rate_block, suffix_lengths
 from kfac_mem.baselines.stress import shifted_prompts
 
 
-def dropout_prompts(prefixes: np.ndarray, rate: float, seed: int) -> list[list[int]]:
-    """Each prefix with its tokens deleted with probability `rate` (the last token kept)."""
+def dropout_prompts(
+    prefixes: np.ndarray | Sequence[Sequence[int]], rate: float, seed: int
+) -> list[list[int]]:
+    """Each prefix with its tokens deleted with probability `rate` (its last token kept). One
+    draw [N, max P] per (seed, rate); row i uses its first P_i draws."""
+    rows = [np.asarray(p) for p in prefixes]
+    width = max(p.size for p in rows)
     rng = np.random.default_rng((seed, int(np.rint(rate * 1e6))))
-    keep = rng.random(prefixes.shape) >= rate
-    keep[:, -1] = True
-    return [list(map(int, p[k])) for p, k in zip(prefixes, keep)]
+    draws = rng.random((len(rows), width)) >= rate
+    out = []
+    for p, k in zip(rows, draws):
+        keep = k[: p.size].copy()
+        keep[-1] = True
+        out.append(list(map(int, p[keep])))
+    return out
 
 
 def prompt_variants(
-    prefixes: np.ndarray, options: AuditOptions, filler: list[int]
+    prefixes: np.ndarray | Sequence[Sequence[int]], options: AuditOptions, filler: list[int]
 ) -> dict[str, list[list[int]]]:
     """{variant name: prompts} (see module doc)."""
     rows = [{"prefix_ids": list(map(int, p))} for p in prefixes]
-    plen = prefixes.shape[1]
+    shortest = min(len(r["prefix_ids"]) for r in rows)
+    longest = max(len(r["prefix_ids"]) for r in rows)
     out = {"full": [r["prefix_ids"] for r in rows]}
     for n in options.prefix_lengths:
-        if n < plen:
+        if n < longest:
             out[f"last{n}"] = [r["prefix_ids"][-n:] for r in rows]
     for mode in options.shift_modes:
         for t in options.shifts:
-            if mode == "drop" and t >= plen:
+            if mode == "drop" and t >= shortest:
                 continue
             if mode == "prepend" and len(filler) < t:
                 continue
@@ -61,15 +76,16 @@ def family(name: str) -> str:
 def prefix_attacks(
     model,
     params,
-    prefixes: np.ndarray,  # [N, P]
-    suffixes: np.ndarray,  # [N, S]
+    prefixes: Sequence[Sequence[int]],  # N prompts (lengths may differ)
+    suffixes: Sequence[Sequence[int]],  # N suffixes (lengths may differ)
     options: AuditOptions,
     filler: list[int],
     progress=None,
 ) -> dict[str, Any]:
     """Per variant and per family (union of its variants), and over all altered prompts: exact /
     loose rates and longest match. Cost: one greedy decode (|S| decoder calls) per variant."""
-    n, s = suffixes.shape
+    n = len(suffixes)
+    s = suffix_lengths(suffixes)
     variants = prompt_variants(prefixes, options, filler)
     scores = {}
     for name, prompts in variants.items():
@@ -95,7 +111,7 @@ def prefix_attacks(
         "n": n,
         "variants": {k: rate_block(ex[k], lo[k], ma[k], s, options.seed) for k in variants},
         "families": {f: rate_block(*union(ks), s, options.seed) for f, ks in families.items()},
-        "decoder_calls_per_example": len(variants) * s,
+        "decoder_calls_per_example": len(variants) * int(s.max()),
         "examples": [
             {
                 "exact_variants": [k for k in variants if ex[k][i]],

@@ -6,21 +6,23 @@ of `relearn_steps` (every segment between checkpoints is one `relearn` call cont
 previous parameters: warm-up and cosine decay restart per segment, the optimizer state too):
   * `clean`: clean windows only; recitation measured on every memorized example;
   * `memorized_subset`: a seeded `relearn_fraction` of each memorized set (its prefix ‖ suffix
-    windows); recitation measured on the rest of the set only (disjoint).
+    windows; windows of different lengths are right-padded with `PAD`, which the training loss
+    skips); recitation measured on the rest of the set only (disjoint).
 Recitation = greedy exact / loose (Wilson intervals) and longest match, at step 0 and after each
 checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from kfac_mem.audit.options import AuditOptions
-from kfac_mem.audit.scoring import greedy_scores, rate_block
+from kfac_mem.audit.scoring import greedy_scores, rate_block, suffix_lengths
 from kfac_mem.baselines.stress import relearn
+from kfac_mem.evaluation.ragged import pad_right
 
 
 def split_subset(
@@ -39,7 +41,11 @@ def _measure(model, params, sets, options):
     for name, (prefixes, suffixes) in sets.items():
         sc = greedy_scores(model, params, prefixes, suffixes, options.batch_size)
         out[name] = rate_block(
-            sc["exact"][:, 0], sc["loose"][:, 0], sc["match"][:, 0], suffixes.shape[1], options.seed
+            sc["exact"][:, 0],
+            sc["loose"][:, 0],
+            sc["match"][:, 0],
+            suffix_lengths(suffixes),
+            options.seed,
         )
     return out
 
@@ -70,7 +76,7 @@ def _curve(model, params, windows, sets, options, log):
 def relearning(
     model,
     params,
-    sets: Mapping[str, tuple[np.ndarray, np.ndarray]],  # name -> (prefixes [N, P], suffixes [N, S])
+    sets: Mapping[str, tuple[Sequence, Sequence]],  # name -> (N prefixes, N suffixes): token lists
     clean: np.ndarray,  # [M, L]
     options: AuditOptions,
     log=None,
@@ -89,19 +95,13 @@ def relearning(
     train_rows, held = [], {}
     for si, (name, (prefixes, suffixes)) in enumerate(sets.items()):
         tune, keep = split_subset(len(prefixes), options.relearn_fraction, options.seed, si)
-        train_rows.append(np.concatenate([prefixes[tune], suffixes[tune]], 1))
-        held[name] = (prefixes[keep], suffixes[keep])
-    widths = {w.shape[1] for w in train_rows}
-    if len(widths) == 1:
-        windows = np.concatenate(train_rows)
-        out["memorized_subset"] = {
-            "n_windows": len(windows),
-            "fraction": options.relearn_fraction,
-            "n_measured": {k: len(v[0]) for k, v in held.items()},
-            "curve": _curve(model, params, windows, held, options, log),
-        }
-    else:
-        out["memorized_subset"] = {
-            "skipped": f"memorized sets have different widths {sorted(widths)}"
-        }
+        train_rows += [list(prefixes[i]) + list(suffixes[i]) for i in tune]
+        held[name] = ([prefixes[i] for i in keep], [suffixes[i] for i in keep])
+    windows = pad_right(train_rows)  # one width; shorter windows padded with PAD
+    out["memorized_subset"] = {
+        "n_windows": len(windows),
+        "fraction": options.relearn_fraction,
+        "n_measured": {k: len(v[0]) for k, v in held.items()},
+        "curve": _curve(model, params, windows, held, options, log),
+    }
     return out

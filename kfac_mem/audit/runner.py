@@ -15,6 +15,8 @@ from kfac_mem.audit.options import AuditOptions
 from kfac_mem.audit.prefix import prefix_attacks, prompt_variants
 from kfac_mem.audit.relearning import relearning
 from kfac_mem.audit.sampling import sampling_extraction
+from kfac_mem.audit.scoring import span
+from kfac_mem.errors import InputError
 from kfac_mem.stats import proportion
 
 
@@ -29,23 +31,32 @@ def check_output_dir(out_dir: str) -> str:
     return out
 
 
-def as_arrays(name: str, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """(prefixes int32 [N, P], suffixes int32 [N, S]) of rows with equal prefix/suffix lengths."""
+def as_token_lists(
+    name: str, rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(prefixes, suffixes): N token lists each, of any non-empty lengths (the quotes protocol
+    lets them vary per row, docs/design.md §3)."""
     if not rows:
-        raise ValueError(f"memorized set {name!r} is empty.")
+        raise InputError(f"memorized set {name!r} is empty.")
     try:
-        prefixes = np.asarray([list(r["prefix_ids"]) for r in rows], np.int32)
-        suffixes = np.asarray([list(r["suffix_ids"]) for r in rows], np.int32)
-    except (KeyError, ValueError) as e:
-        raise ValueError(
-            f"memorized set {name!r}: every row needs `prefix_ids` and `suffix_ids` of one length "
-            f"per set ({e})."
+        prefixes = [list(map(int, r["prefix_ids"])) for r in rows]
+        suffixes = [list(map(int, r["suffix_ids"])) for r in rows]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(
+            f"memorized set {name!r}: every row needs `prefix_ids` and `suffix_ids` (lists of "
+            f"token ids) ({e})."
         ) from None
-    if prefixes.ndim != 2 or suffixes.ndim != 2 or suffixes.shape[1] == 0:
-        raise ValueError(
-            f"memorized set {name!r}: rows need equal, non-empty prefix/suffix lengths."
-        )
+    if any(not p for p in prefixes) or any(not x for x in suffixes):
+        raise InputError(f"memorized set {name!r}: rows need non-empty prefixes and suffixes.")
     return prefixes, suffixes
+
+
+def length_matched(clean: np.ndarray, widths: Sequence[int]) -> list[np.ndarray]:
+    """Clean windows cut to the memorized windows' lengths: window j keeps its first
+    widths[j mod N] tokens, so both sides have the same length mix (all of `clean[:, :w]` when
+    every memorized window is w tokens)."""
+    widths = np.asarray(widths, np.int64)
+    return [clean[j, : widths[j % widths.size]] for j in range(len(clean))]
 
 
 def _any_attack(res: dict[str, Any], n: int) -> dict[str, Any]:
@@ -92,15 +103,18 @@ def run_audit(
     Args:
       model, baseline: `models.LanguageModel`s of one architecture (the baseline is the reference
         of the beam rank, the relative log-probability and the reference-model MIA score).
-      memorized: {set name: rows with `prefix_ids`, `suffix_ids`} (equal lengths within a set).
+      memorized: {set name: rows with `prefix_ids`, `suffix_ids`} (lengths may vary per row,
+        the quotes protocol).
       clean: held-out clean windows int [M, L'] (MIA negatives, prepend filler, relearning data);
-        for MIA each window is cut to the memorized window width (L' must be at least that).
+        for MIA each window is cut to a memorized window's width (`length_matched`; L' must be
+        at least the longest).
       out_dir: where report.md, results.json, examples/*.jsonl and figures/ are written (a new
         or empty directory; None: nothing is written).
       options: the attacks and their budgets (`AuditOptions`; default the issue's protocol).
 
     Returns:
-      {"options", "sets": {name: {"n", "prefix_len", "suffix_len", <attack>: ..., "any_attack"}},
+      {"options", "sets": {name: {"n", "prefix_len", "suffix_len" (an int, or "min-max" when
+       rows differ), <attack>: ..., "any_attack"}},
        "relearning", "cost", "wall_seconds"}; every rate a Wilson `proportion` (n, lo, hi).
     """
     import dataclasses
@@ -116,7 +130,7 @@ def run_audit(
     clean = np.asarray(clean, np.int32)
     if clean.ndim != 2 or len(clean) < 1:
         raise ValueError(f"`clean` must be token windows [M >= 1, L], got shape {clean.shape}.")
-    sets = {name: as_arrays(name, rows) for name, rows in memorized.items()}
+    sets = {name: as_token_lists(name, rows) for name, rows in memorized.items()}
     if not sets:
         raise ValueError("`memorized` needs at least one set (NAME=FILE).")
     filler = clean.reshape(-1).tolist()
@@ -124,7 +138,7 @@ def run_audit(
     stages = 0
     for prefixes, _ in sets.values():
         stages += len(options.temperatures) * ("sampling" in a)
-        stages += len(prompt_variants(prefixes[:1], options, filler)) * ("prefix" in a)
+        stages += len(prompt_variants(prefixes, options, filler)) * ("prefix" in a)
         stages += ("beam" in a) + ("membership" in a)
     stages += 2 * len(options.relearn_steps) * ("relearning" in a)
     bar = tqdm(total=stages, desc="audit", disable=not options.progress, leave=False)
@@ -139,8 +153,8 @@ def run_audit(
     for si, (name, (prefixes, suffixes)) in enumerate(sets.items()):
         res: dict[str, Any] = {
             "n": len(prefixes),
-            "prefix_len": int(prefixes.shape[1]),
-            "suffix_len": int(suffixes.shape[1]),
+            "prefix_len": span([len(p) for p in prefixes]),
+            "suffix_len": span([len(x) for x in suffixes]),
         }
         if "sampling" in a:
             bar.set_postfix_str(f"{name}: sampling")
@@ -158,9 +172,10 @@ def run_audit(
             res["prefix"] = prefix_attacks(model, params, prefixes, suffixes, options, filler, bar)
         if "membership" in a:
             bar.set_postfix_str(f"{name}: membership")
-            width = prefixes.shape[1] + suffixes.shape[1]
+            windows = [p + x for p, x in zip(prefixes, suffixes)]
+            width = max(len(w) for w in windows)
             if clean.shape[1] < width:
-                raise ValueError(
+                raise InputError(
                     f"`clean` windows are {clean.shape[1]} tokens wide; membership inference on "
                     f"set {name!r} needs >= {width} (prefix + suffix)."
                 )
@@ -169,8 +184,8 @@ def run_audit(
                 params,
                 baseline,
                 baseline_params,
-                np.concatenate([prefixes, suffixes], 1),
-                clean[:, :width],
+                windows,
+                length_matched(clean, [len(w) for w in windows]),
                 options.min_k,
                 options.seed,
                 options.batch_size,

@@ -8,12 +8,13 @@ any of its first k' samples equals the suffix (exact) or is within the loose thr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from kfac_mem.audit.options import AuditOptions
-from kfac_mem.audit.scoring import rate_block, score_candidates
+from kfac_mem.audit.scoring import rate_block, score_candidates, suffix_lengths
 from kfac_mem.evaluation.batching import length_bucket, round_batch
 from kfac_mem.stats import proportion
 
@@ -26,8 +27,8 @@ def sample_seeds(seed: int, temperature_index: int, set_index: int, count: int) 
 def sampling_extraction(
     model,
     params,
-    prefixes: np.ndarray,  # [N, P]
-    suffixes: np.ndarray,  # [N, S]
+    prefixes: Sequence[Sequence[int]],  # N prompts (lengths may differ)
+    suffixes: Sequence[Sequence[int]],  # N suffixes (lengths may differ)
     options: AuditOptions,
     set_index: int = 0,
     progress=None,
@@ -35,13 +36,19 @@ def sampling_extraction(
     """Per temperature: the extraction curve over `options.curve`, the longest exact match, and
     per example (any exact / loose among k, best d/L, longest match, first exact sample).
 
+    Rows of different lengths are left-padded into one batch shape (`models.sample_generate`);
+    every row samples max |S| tokens and is scored on its first |S_i| (a sample's first tokens
+    do not depend on how many follow).
+
     Cost: k sequences of |S| decoder calls (1 prefill + |S| − 1 cached steps) per example and T.
     """
     from models import sample_generate
 
-    n, s = suffixes.shape
+    n = len(suffixes)
+    lens = suffix_lengths(suffixes)
+    s = int(lens.max())
     k = options.samples
-    prompts = [list(map(int, p)) for p in np.repeat(prefixes, k, axis=0)]
+    prompts = [list(map(int, p)) for p in prefixes for _ in range(k)]
     out: dict[str, Any] = {"n": n, "samples": k, "top_k": options.top_k, "top_p": options.top_p}
     per_t = {}
     for ti, t in enumerate(options.temperatures):
@@ -55,7 +62,7 @@ def sampling_extraction(
             top_p=options.top_p,
             params=params,
             batch_size=round_batch(options.batch_size, model, len(prompts)),
-            bucket=length_bucket(prefixes.shape[1]),
+            bucket=length_bucket(max(len(p) for p in prefixes)),
         )
         sc = score_candidates(gen.reshape(n, k, s), suffixes)
         curve = {}
@@ -67,7 +74,7 @@ def sampling_extraction(
         first = np.where(sc["exact"].any(1), sc["exact"].argmax(1), -1)
         per_t[str(t)] = {
             **rate_block(
-                sc["exact"].any(1), sc["loose"].any(1), sc["match"].max(1), s, options.seed
+                sc["exact"].any(1), sc["loose"].any(1), sc["match"].max(1), lens, options.seed
             ),
             "curve": curve,
             "examples": [

@@ -1,6 +1,7 @@
 """Scoring of candidate continuations against the true suffix, shared by every extraction attack.
 
-For a candidate c and the true suffix s (L = |s| tokens): exact = (c = s); loose = token-level
+Suffix lengths may vary per row (the quotes protocol, docs/design.md §3); each row is scored on its
+own. For a candidate c and the true suffix s (L = |s| tokens): exact = (c = s); loose = token-level
 normalized Levenshtein d/L ≤ 0.25 (`kfac_mem.evaluation.recitation_match`, the project's loose
 criterion); match = the length of the leading run of c equal to s (0..L,
 `kfac_mem.baselines.stress.exact_match_length`).
@@ -14,54 +15,71 @@ from typing import Any
 import numpy as np
 
 from kfac_mem.baselines.stress import exact_match_length
-from kfac_mem.evaluation.batching import length_bucket, round_batch
 from kfac_mem.evaluation.levenshtein import recitation_match
+from kfac_mem.evaluation.ragged import greedy_continuations, pad_right
 from kfac_mem.stats import bootstrap_mean, proportion
 
 
-def score_candidates(candidates: np.ndarray, suffixes: np.ndarray) -> dict[str, np.ndarray]:
-    """Candidates int [N, C, S'] (S' ≥ S) against suffixes [N, S] -> exact, loose bool [N, C],
-    distance (d/L) float [N, C] and match int [N, C]."""
+def score_candidates(
+    candidates: np.ndarray, suffixes: np.ndarray | Sequence[Sequence[int]]
+) -> dict[str, np.ndarray]:
+    """Candidates int [N, C, S'] against suffixes [N, S] (or N token lists of lengths S_i ≤ S',
+    the quotes protocol: row i is scored on its first S_i candidate tokens) -> exact, loose bool
+    [N, C], distance (d/L) float [N, C] and match int [N, C]."""
+    candidates = np.asarray(candidates)
     n, c = candidates.shape[:2]
-    s = suffixes.shape[1]
-    cand = np.asarray(candidates)[:, :, :s]
-    exact = (cand == suffixes[:, None]).all(-1)
+    targets = [np.asarray(x) for x in suffixes]
+    exact = np.zeros((n, c), bool)
     dist = np.zeros((n, c))
     loose = np.zeros((n, c), bool)
-    for i in range(n):
+    match = np.zeros((n, c), np.int64)
+    for i, target in enumerate(targets):
+        cand = candidates[i, :, : target.size]
+        exact[i] = (cand == target[None]).all(-1)
+        match[i] = exact_match_length(cand, np.broadcast_to(target, cand.shape))
         for j in range(c):
             if exact[i, j]:
                 loose[i, j] = True
                 continue
-            _, dist[i, j], _, loose[i, j] = recitation_match(
-                cand[i, j].tolist(), suffixes[i].tolist()
-            )
-    match = exact_match_length(cand.reshape(n * c, s), np.repeat(suffixes, c, 0)).reshape(n, c)
+            _, dist[i, j], _, loose[i, j] = recitation_match(cand[j].tolist(), target.tolist())
     return {"exact": exact, "loose": loose, "distance": dist, "match": match}
 
 
-def greedy_scores(
-    model, params, prompts: Sequence[Sequence[int]], suffixes: np.ndarray, batch_size: int
-):
-    """`score_candidates` of the greedy continuation of each prompt ([N, 1] arrays)."""
-    from models import greedy_generate
+def suffix_lengths(suffixes: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
+    """Length of each row's suffix, int64 [N]."""
+    return np.asarray([len(x) for x in suffixes], np.int64)
 
-    gen = greedy_generate(
-        model,
-        [list(map(int, p)) for p in prompts],
-        suffixes.shape[1],
-        params=params,
-        batch_size=round_batch(batch_size, model, len(prompts)),
-        bucket=length_bucket(max(len(p) for p in prompts)),
-    )
-    return score_candidates(gen[:, None], suffixes)
+
+def span(lengths: Sequence[int]) -> int | str:
+    """A length shared by every row (int), or "min-max" when rows differ (quotes protocol)."""
+    lengths = np.asarray(lengths)
+    lo, hi = int(lengths.min()), int(lengths.max())
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def greedy_scores(
+    model,
+    params,
+    prompts: Sequence[Sequence[int]],
+    suffixes: np.ndarray | Sequence[Sequence[int]],
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """`score_candidates` of the greedy continuation of each prompt ([N, 1] arrays); row i
+    generates as many tokens as its suffix has (`ragged.greedy_continuations`)."""
+    gen = greedy_continuations(model, prompts, suffix_lengths(suffixes), params, batch_size)
+    return score_candidates(pad_right(gen)[:, None], suffixes)
 
 
 def rate_block(
-    exact: np.ndarray, loose: np.ndarray, match: np.ndarray, suffix_len: int, seed: int
+    exact: np.ndarray,
+    loose: np.ndarray,
+    match: np.ndarray,
+    suffix_len: int | np.ndarray,
+    seed: int,
 ) -> dict[str, Any]:
     """Aggregates of per-example outcomes [N]: exact / loose proportions (Wilson) and the mean
-    longest match in tokens and as a share of the suffix (bootstrap)."""
+    longest match in tokens and as a share of the suffix (bootstrap); `suffix_len` is one
+    length or each row's own (int [N])."""
     return {
         "exact": proportion(np.asarray(exact, bool)),
         "loose": proportion(np.asarray(loose, bool)),

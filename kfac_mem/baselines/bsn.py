@@ -41,7 +41,9 @@ import numpy as np
 import optax
 
 from kfac_mem.collection.sites import select_sites
+from kfac_mem.errors import InputError
 from kfac_mem.evaluation.batching import place_batch, round_batch
+from kfac_mem.evaluation.ragged import PAD, pad_right
 from kfac_mem.training import next_token_loss
 from models.language_model import abstract_params
 from models.partitioning import logical_to_sharding
@@ -304,11 +306,19 @@ def merge_masks(
 
 
 def _windows(name: str, array: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Token windows int32 [N, L]; ids in [0, vocab), or `PAD` (−1) as right padding of shorter
+    windows (each row: real tokens, then only pads; at least 2 real tokens)."""
     array = np.asarray(array)
     if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 2:
-        raise ValueError(f"BSN `{name}` must be token windows [N >= 1, L >= 2], got {array.shape}.")
-    if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() >= vocab_size:
-        raise ValueError(f"BSN `{name}` must hold integer token ids in [0, {vocab_size}).")
+        raise InputError(f"BSN `{name}` must be token windows [N >= 1, L >= 2], got {array.shape}.")
+    if not np.issubdtype(array.dtype, np.integer) or array.max() >= vocab_size:
+        raise InputError(f"BSN `{name}` must hold integer token ids in [0, {vocab_size}).")
+    real = array >= 0
+    if (array < PAD).any() or (real[:, 1:] & ~real[:, :-1]).any() or (real.sum(1) < 2).any():
+        raise InputError(
+            f"BSN `{name}` must hold token ids in [0, {vocab_size}), right-padded with {PAD} "
+            "after at least 2 real tokens per window."
+        )
     return array.astype(np.int32)
 
 
@@ -338,7 +348,8 @@ def train_bsn(
 
     Args:
       model: a `models.LanguageModel` (placed on its mesh; its params are not changed).
-      forget: memorized windows int [N, L] (prefix ‖ suffix), whose loss is raised.
+      forget: memorized windows int [N, L] (prefix ‖ suffix; shorter ones right-padded with
+        `PAD`, see `rows_to_windows`), whose loss is raised.
       retain: clean windows int [M, L'], whose loss is kept low.
       config: hyperparameters (see `BSNConfig`).
       log: progress printer (None: silent).
@@ -404,12 +415,9 @@ def _summarize(step: int, running: list[tuple[jax.Array, ...]]) -> dict[str, flo
 
 
 def rows_to_windows(rows: Sequence[dict[str, Any]]) -> np.ndarray:
-    """Memorized rows (`prefix_ids`, `suffix_ids`) -> windows int32 [N, P + S]."""
+    """Memorized rows (`prefix_ids`, `suffix_ids`) -> windows int32 [N, max(P + S)]; rows of
+    different lengths (the quotes protocol) are right-padded with `PAD`, which the loss skips
+    (`kfac_mem.training.next_token_loss`)."""
     if not rows:
-        raise ValueError("The forget set is empty; BSN needs at least one memorized window.")
-    lengths = {len(r["prefix_ids"]) + len(r["suffix_ids"]) for r in rows}
-    if len(lengths) != 1:
-        raise ValueError(
-            f"Forget windows must all have one length (prefix + suffix), got {sorted(lengths)}."
-        )
-    return np.asarray([list(r["prefix_ids"]) + list(r["suffix_ids"]) for r in rows], np.int32)
+        raise InputError("The forget set is empty; BSN needs at least one memorized window.")
+    return pad_right([list(r["prefix_ids"]) + list(r["suffix_ids"]) for r in rows])

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from kfac_mem.evaluation.batching import length_bucket, round_batch
+from kfac_mem.evaluation.batching import round_batch
 from kfac_mem.evaluation.perplexity import perplexity
+from kfac_mem.evaluation.ragged import greedy_continuations
 from kfac_mem.evaluation.recitation import recitation, summary
 from kfac_mem.training import TrainConfig, train
 
@@ -69,7 +70,18 @@ class StressOptions:
 
 
 def exact_match_length(generated: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Leading tokens of each generated row equal to its target, int [N] (0..S), rows [N, S]."""
+    """Leading tokens of each generated row equal to its target, int [N] (0..S), rows [N, S].
+
+    Ragged rows (lists of token lists; row i's target S_i tokens, its generation at least as
+    long) count against each row's own target."""
+    if isinstance(target, list) and not isinstance(target, np.ndarray):
+        return np.asarray(
+            [
+                int(exact_match_length(np.asarray([g[: len(t)]]), np.asarray([t]))[0])
+                for g, t in zip(generated, target)
+            ],
+            np.int64,
+        )
     eq = np.asarray(generated) == np.asarray(target)
     return np.where(eq.all(axis=1), eq.shape[1], eq.argmin(axis=1))
 
@@ -104,36 +116,33 @@ def positional_perturbation(
 ) -> dict[str, Any]:
     """Exact-match length of greedy continuations under prefix shifts (see module doc).
 
+    Rows may differ in prefix and suffix lengths (the quotes protocol): a `drop` shift is used
+    only when it leaves every row at least one prefix token, and each row is scored against its
+    own suffix (`suffix_len` is then the longest).
+
     Returns:
       {"mode", "n", "suffix_len", "shifts" (those used), "unperturbed": {mean, std},
        "per_shift": {t: {mean, std}}, "perturbed": {mean, std} over all (row, shift) pairs,
        "max_over_shifts": {mean, std} of each row's best shift}.
     """
-    from models import greedy_generate
-
     if mode not in SHIFT_MODES:
         raise ValueError(f"`mode` must be one of {SHIFT_MODES}, got {mode!r}.")
     if not rows:
         raise ValueError("positional_perturbation() needs at least one memorized row.")
-    suffix = np.asarray([list(r["suffix_ids"]) for r in rows])
+    suffix = [list(map(int, r["suffix_ids"])) for r in rows]
     prefix_len = min(len(r["prefix_ids"]) for r in rows)
     used = [t for t in sorted(set(shifts)) if mode == "prepend" or t < prefix_len]
     lengths = {}
     for t in [0, *used]:
         prompts = shifted_prompts(rows, t, mode, filler)
-        generated = greedy_generate(
-            model,
-            prompts,
-            suffix.shape[1],
-            params=params,
-            batch_size=round_batch(batch_size, model, len(prompts)),
-            bucket=length_bucket(max(len(p) for p in prompts)),
+        generated = greedy_continuations(
+            model, prompts, [len(x) for x in suffix], params, batch_size
         )
         lengths[t] = exact_match_length(generated, suffix)
     out: dict[str, Any] = {
         "mode": mode,
         "n": len(rows),
-        "suffix_len": int(suffix.shape[1]),
+        "suffix_len": max(len(x) for x in suffix),
         "shifts": used,
         "unperturbed": _mean_std(lengths[0]),
         "per_shift": {str(t): _mean_std(lengths[t]) for t in used},

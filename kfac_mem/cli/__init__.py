@@ -1,6 +1,6 @@
 """`kfac-mem` command line: one module per subcommand, each with `add_parser` and `run`.
 
-Usage: kfac-mem {collect,decompose,edit,sweep,analyze,evaluate,mine,export,demo,...} --help
+Usage: kfac-mem {collect,merge,decompose,edit,sweep,analyze,evaluate,mine,export,demo,...} --help
 
 One error path: an error the user can fix (`kfac_mem.errors.UserError`, and the builtin errors
 the library raises for bad inputs or files) is printed as one line, exit code 2, with the library's
@@ -22,6 +22,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 # Subcommand name -> module under kfac_mem.cli (imported lazily so `--help` is fast).
 SUBCOMMANDS = {
     "collect": "collect",
+    "merge": "merge",
     "decompose": "decompose",
     "edit": "edit",
     "analyze": "analyze",
@@ -85,6 +86,7 @@ ARGUMENT_FLAGS: dict[str, dict[str, str]] = {
     "evaluate": {"paths": "--text", "texts": "--text", "length": "--window"},
     "mine": {"paths": "--corpus"},
     "analyze": {"rhos": "--rho", "site_ids": "--layers"},
+    "merge": {"paths": "RUN"},  # the positional factor runs
 }
 _VALUE_NOUNS = ("set", "field", "axis", "config", "task", "layer", "parameter", "factor", "key")
 _BACKTICKED = re.compile(

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         path, mesh=mesh, rules=rules, dtype=args.dtype, param_dtype=args.param_dtype
     )
     model, baseline = load(args.model), load(args.baseline)
-    width = max(len(r[0]["prefix_ids"]) + len(r[0]["suffix_ids"]) for r in sets.values())
+    width = max(len(r["prefix_ids"]) + len(r["suffix_ids"]) for rows in sets.values() for r in rows)
     if args.clean.endswith(".npy"):
         import numpy as np
 

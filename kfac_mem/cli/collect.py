@@ -4,7 +4,11 @@ Example:
   kfac-mem collect --model DIR --data tokens.npy --mode empirical --layers 0,1 \
       --projections gate,up,down --batch-size 2 --out factors/
 
-Rerunning the same command after an interruption continues from the last checkpoint.
+Rerunning the same command after an interruption continues from the last checkpoint. Rerunning
+it with a larger --max-tokens extends a finished run with the next windows of the same corpus
+(the budget is not part of a run's identity; docs/design.md §5.2). --time-budget SECONDS stops at
+a step boundary with a checkpoint; rerun the same command to continue. Text documents are joined
+with the model's EOS token after each one (docs/design.md §2.10).
 """
 
 from __future__ import annotations
@@ -70,7 +74,16 @@ def add_parser(sub, name: str) -> None:
         "--max-tokens",
         type=int,
         default=None,
-        help="use at most this many tokens (windows x length)",
+        help="use at most this many tokens (windows x length); a larger value on a rerun "
+        "extends the run with the next windows of the same corpus",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many seconds of collection (counted once the model and data are "
+        "loaded; at a step boundary, with a checkpoint); rerun the same command to continue",
     )
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="windows per step, across all devices"
@@ -148,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         args.text_field,
         vocab_size=model.config.vocab_size,
         max_positions=model.config.max_position_embeddings,
+        eos_id=model.config.eos_token_id,
     )
     config = CollectConfig(
         mode=args.mode,
@@ -168,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
             {"sites": [s.id for s in sites], "corpus": windows.describe()},
         )
 
+    before = _positions_done(args.out)
     t0 = time.time()
     run_ = collect(
         model,
@@ -177,18 +192,38 @@ def run(args: argparse.Namespace) -> int:
         config,
         engine=args.engine,
         progress=not args.no_progress,
+        time_budget_s=args.time_budget,
         before_write=write_config,
     )
     if jax.process_index() == 0:
         elapsed = time.time() - t0
+        done = run_.info["windows_done"]
+        now = run_.n_tokens - before
         print(
-            f"collected {run_.n_tokens:,} positions ({run_.info['windows_done']:,} windows of "
-            f"{windows.seq_len}) for {len(sites)} layers in {elapsed:.1f} s "
-            f"({run_.n_tokens / max(elapsed, 1e-9):,.0f} positions/s this run), mode={args.mode}, "
+            f"collected {now:,} positions in {elapsed:.1f} s ({now / max(elapsed, 1e-9):,.0f} "
+            f"positions/s, compilation included); the run holds {run_.n_tokens:,} positions "
+            f"({done:,} windows of {windows.seq_len}) for {len(sites)} layers, mode={args.mode}, "
             f"on {jax.device_count()} devices"
         )
+        if not run_.complete:
+            print(
+                f"stopped by the time budget after {done:,} of {len(windows):,} windows "
+                f"({100 * done / len(windows):.1f}%); rerun the same command to continue"
+            )
         used = run_.metadata.get("reduce")
         if used:
             print(f"reduce={used['mode']}: {used['reason']}")
         print(f"factors written to {run_.directory}")
     return 0
+
+
+def _positions_done(out: str) -> int:
+    """Positions a factor run at `out` already holds (0 for a new directory)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(out, "metadata.json"), encoding="utf-8") as f:
+            return int((json.load(f).get("progress") or {}).get("n_tokens") or 0)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0

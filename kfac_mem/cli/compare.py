@@ -11,6 +11,12 @@ cannot reach the band is reported as unmatched). The chosen settings are evaluat
 (strict / loose / mean d/L), with perplexity, nDCG@10 against the unedited model and time, then
 stress-tested (prefix shifts; relearning on --retain). Writes results.json, comparison.md and
 config.yaml to --out (and each chosen model with --save-models).
+
+  kfac-mem compare ... --seeds 0-4 [--eigen 'runs/eigen-seed{seed}'] --out runs/compare
+
+repeats the comparison per seed (BSN initialization and batch order, the relearning order; with
+`{seed}` in --eigen, K-FAC on each seed's factors, collected with `kfac-mem collect --seed S`) into
+OUT/seed-<s>/ and reports mean, sd and a 95% interval across seeds in OUT/seeds.md and seeds.json.
 """
 
 from __future__ import annotations
@@ -148,6 +154,13 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         help="time of collect + decompose, reported beside K-FAC's edit time",
     )
     p.add_argument("--save-models", action="store_true", help="save each chosen model (Orbax)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="LIST",
+        help="repeat per seed (e.g. 0-4): BSN init and order, relearning order, and with "
+        "'{seed}' in --eigen each seed's eigen run; mean, sd and 95%% interval across seeds",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_mesh_flags(p)
     p.set_defaults(run=run)
@@ -215,7 +228,20 @@ def run(args: argparse.Namespace) -> int:
     from kfac_mem.rundir import check_output
 
     check_output(args.out, "comparison", inputs=path_inputs(args))  # before hours of work
-    eigen = load_eigen(args.eigen) if args.eigen else None
+    seeds = None
+    if args.seeds is not None:
+        from kfac_mem.experiments.seeds import parse_seeds
+
+        seeds = parse_seeds(args.seeds)
+        for s in seeds if args.eigen and "{seed}" in args.eigen else ():
+            if not os.path.isdir(_eigen_path(args.eigen, s)):
+                raise FileNotFoundError(
+                    f"--eigen {args.eigen}: no eigen run {_eigen_path(args.eigen, s)} for seed {s}."
+                )
+    elif args.eigen and "{seed}" in args.eigen:
+        raise ValueError("--eigen with '{seed}' needs --seeds.")
+    per_seed_eigen = seeds is not None and args.eigen and "{seed}" in args.eigen
+    eigen = load_eigen(args.eigen) if args.eigen and not per_seed_eigen else None
     init_distributed(args)
     mesh, rules = mesh_from_args(args)
     model = load_model(args, mesh, rules)
@@ -234,18 +260,41 @@ def run(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         vocab_size=vocab,
     )
-    forget_len = len(train[0]["prefix_ids"]) + len(train[0]["suffix_ids"])
+    forget_len = max(len(r["prefix_ids"]) + len(r["suffix_ids"]) for r in train)
     retain = retain_windows(args, model, forget_len) if args.retain else None
     sets = CompareSets(train, rows(args.validation), rows(args.ood), text, retain)
     options = options_from_args(args, model.config.num_layers)
-    results = compare(model, eigen, sets, options)
-    params = results.pop("params")
     from kfac_mem.rundir import claim
 
     out = os.path.abspath(args.out)
+    if seeds is not None:
+        import sys
+
+        from kfac_mem.baselines.seeds import run_compare_seeds
+
+        with claim(out, "comparison", inputs=path_inputs(args)):
+            write_resolved_config(out, "compare", args)
+            run_compare_seeds(
+                model,
+                (lambda s: load_eigen(_eigen_path(args.eigen, s))) if per_seed_eigen else eigen,
+                sets,
+                options,
+                seeds,
+                out,
+                lambda res, params, d: _write(args, d, model, res, params),
+                command="kfac-mem " + " ".join(sys.argv[1:]),
+            )
+        return 0
+    results = compare(model, eigen, sets, options)
+    params = results.pop("params")
     with claim(out, "comparison", inputs=path_inputs(args)):
         _write(args, out, model, results, params)
     return 0
+
+
+def _eigen_path(template: str, seed: int) -> str:
+    """--eigen with `{seed}` replaced by the seed."""
+    return template.replace("{seed}", str(seed))
 
 
 def _write(args, out, model, results, params) -> None:

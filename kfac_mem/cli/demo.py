@@ -7,8 +7,11 @@ kfac-mem demo --preset tiny        every stage at toy size (CI)
 kfac-mem demo --preset smollm2     SmolLM2-135M-Instruct (its Q4_1 GGUF, dequantized), fine-tuned
                                    to memorize
 kfac-mem demo --preset vit-digits  the vision experiment (label-noise memorization)
+kfac-mem demo --seeds 0-4          the LM demo over 5 seeds (sampled labels of the factors, the
+                                   random-basis control, the analyzer; the model too with --retrain
+                                   or --preset tiny): mean, sd and 95% interval across seeds
 kfac-mem demo --preset vit-digits --seeds 0-4
-                                   the same over 5 seeds: mean, sd and 95% interval across seeds
+                                   the same for the vision experiment (label noise, ViT training)
 
 The presets (`kfac_mem.demo.presets.DEMO_PRESETS`) are listed below.
 """
@@ -51,8 +54,8 @@ def add_parser(sub, name: str) -> None:
         "--seeds",
         default=None,
         metavar="LIST",
-        help="vit-* presets: repeat every seed-dependent stage per seed (e.g. 0-4 or 0,3,7) and "
-        "report mean, sd and a 95%% interval across seeds (OUT/seeds.md)",
+        help="repeat every seed-dependent stage per seed (e.g. 0-4 or 0,3,7) into OUT/seed-<s>/ "
+        "and report mean, sd and a 95%% interval across seeds (OUT/seeds.md); not for smollm2",
     )
     common.add_mesh_flags(p)
     p.set_defaults(run=run)
@@ -63,11 +66,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds is not None and not demo_preset(args.preset).multi_seed:
         print(
-            f"kfac-mem demo: --seeds is supported for the vit-* presets only, not "
-            f"--preset {args.preset} (its model is a committed checkpoint).",
+            "kfac-mem demo: --seeds is not supported for --preset smollm2 (35 minutes of CPU "
+            "per run); use default, tiny or a vit-* preset.",
             file=sys.stderr,
         )
         return 2
+    if args.seeds is not None and args.export_asset:
+        print("kfac-mem demo: --export-asset takes one run, not --seeds.", file=sys.stderr)
+        return 2
+    if args.seeds is not None:
+        from kfac_mem.experiments.seeds import parse_seeds
+
+        parse_seeds(args.seeds)  # a malformed list fails before the run directory is claimed
     common.init_distributed(args)
     out = args.out or os.path.join("runs", f"demo-{args.preset}")
     from kfac_mem.rundir import claim
@@ -83,6 +93,21 @@ def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
     from kfac_mem.demo.presets import demo_preset
 
     preset = demo_preset(args.preset)
+    if preset.experiment == "language" and args.seeds is not None:
+        from kfac_mem.demo.seeds import run_demo_seeds
+        from kfac_mem.experiments.seeds import parse_seeds
+
+        run_demo_seeds(
+            preset.config(),
+            parse_seeds(args.seeds),
+            out,
+            mesh,
+            rules,
+            retrain=args.retrain,
+            log=lambda m: print(m, flush=True),
+            command="kfac-mem " + " ".join(sys.argv[1:]),
+        )
+        return 0
     if preset.experiment == "language":
         from kfac_mem.demo.pipeline import run_demo
 
@@ -114,10 +139,11 @@ def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
         run_smollm2_demo(out, mesh, rules, preset.config(), log=lambda m: print(m, flush=True))
         return 0
     if preset.experiment == "vision" and args.seeds is not None:
-        from kfac_mem.vision.seeds import parse_seeds, run_vision_seeds
+        from kfac_mem.experiments.seeds import parse_seeds
+        from kfac_mem.vision.seeds import run_vision_seeds
 
         run_vision_seeds(
-            args.preset,
+            preset.config(),
             parse_seeds(args.seeds),
             out,
             mesh,

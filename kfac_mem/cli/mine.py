@@ -39,8 +39,27 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--text-field", default="text", help="jsonl field holding the text (default text)"
     )
-    p.add_argument("--prefix-len", type=int, default=d.prefix_len)
-    p.add_argument("--suffix-len", type=int, default=d.suffix_len)
+    p.add_argument(
+        "--prefix-len",
+        type=_prefix_len,
+        default=d.prefix_len,
+        metavar="N|rest",
+        help=f"prefix tokens per window (default {d.prefix_len}); 'rest': the quotes protocol, one "
+        "window per document whose suffix is its last --suffix-len tokens and whose prefix is all "
+        "the rest",
+    )
+    p.add_argument(
+        "--suffix-len",
+        type=int,
+        default=d.suffix_len,
+        help=f"suffix tokens (default {d.suffix_len})",
+    )
+    p.add_argument(
+        "--max-prefix-len",
+        type=int,
+        default=d.max_prefix_len,
+        help="with --prefix-len rest: keep at most N prefix tokens (those nearest the suffix)",
+    )
     p.add_argument(
         "--stride",
         type=int,
@@ -78,6 +97,17 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     return p
 
 
+def _prefix_len(text: str) -> int | None:
+    if text == "rest":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expects a number of tokens or 'rest' (the quotes protocol), got {text!r}"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from kfac_mem.atomic import write_json_atomic, write_jsonl_atomic
     from kfac_mem.evaluation.mining import MiningConfig, mine
@@ -94,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         args.max_windows,
         args.batch_size,
         args.leak_ngram,
+        args.max_prefix_len,
     )
     check_output(args.out, "mined", inputs=path_inputs(args))
     init_distributed(args)

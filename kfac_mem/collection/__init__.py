@@ -23,7 +23,9 @@ Modules, one role each:
   accumulate       the jitted step: masked outer products into the sums (reduce modes, schemes)
   batches          global batches from a data source, padded, each process reading its own rows
   reduce           the reduce mode chosen from the compiled step's memory
-  run              `collect`: the resumable, locked pass writing a factor run
+  run              `collect`: the resumable, locked pass writing a factor run (extendable with
+                   more windows of the same corpus; `time_budget_s` stops it resumably)
+  merge            `merge_factor_runs`: one factor run from several (exact sums and counts)
   store            the factor run on disk (Orbax sums + metadata.json) and `load_factors`
   kfac_jax_engine  kfac-jax 0.0.8 as a second collection engine, and importing its state
 
@@ -36,6 +38,7 @@ perturbations of selected outputs are differentiated and no parameter gradient i
 """
 
 from kfac_mem.collection.config import CollectConfig as CollectConfig
+from kfac_mem.collection.merge import merge_factor_runs as merge_factor_runs
 from kfac_mem.collection.run import collect as collect
 from kfac_mem.collection.sites import input_groups as input_groups
 from kfac_mem.collection.sites import select_sites as select_sites
@@ -50,5 +53,6 @@ __all__ = [
     "collect",
     "input_groups",
     "load_factors",
+    "merge_factor_runs",
     "select_sites",
 ]

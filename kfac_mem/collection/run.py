@@ -2,18 +2,23 @@
 
 The run directory is claimed and locked for the whole call (`kfac_mem.rundir`); a rerun with the
 same identity (model weights, corpus, mode, seed, batch size, sites) resumes from the latest
-checkpoint, a different one is refused.
+checkpoint, a different one is refused. The budget (how many windows) is not part of the identity:
+a rerun with more windows of the same corpus extends a finished run from where it stopped, since
+windows are a prefix-stable stream (`kfac_mem.data`). `time_budget_s` stops a call at a step
+boundary with a checkpoint; a rerun continues.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from kfac_mem.atomic import after_primary_wrote, write_json_atomic
 from kfac_mem.collection import store as fstore
@@ -26,8 +31,8 @@ from kfac_mem.collection.accumulate import (
 from kfac_mem.collection.batches import batch_shardings, global_batch, step_batch_size
 from kfac_mem.collection.config import CollectConfig
 from kfac_mem.collection.reduce import choose_reduce
-from kfac_mem.data import LabelledExamples, Windows
-from kfac_mem.errors import CorruptArtifactError, NonFiniteError
+from kfac_mem.data import LabelledExamples, Windows, corpus_identity
+from kfac_mem.errors import CorruptArtifactError, InputError, NonFiniteError
 from kfac_mem.manifest import run_manifest
 from kfac_mem.protocol import CurvatureModel
 from kfac_mem.rundir import claim
@@ -41,7 +46,8 @@ log = logging.getLogger(__name__)
 def run_identity(
     model, sites, windows: Windows | LabelledExamples, config: CollectConfig, engine: str
 ) -> dict[str, Any]:
-    """What must match for a run directory to be continued."""
+    """What must match for a run directory to be continued or extended: everything but the
+    budget (`n_windows`) and the corpus's location (`kfac_mem.data.BUDGET_KEYS`)."""
     return {
         "format": fstore.FORMAT,
         "engine": engine,
@@ -50,7 +56,7 @@ def run_identity(
             "source": getattr(model, "source", ""),
             "config": model.config.to_dict(),
         },
-        "corpus": windows.describe(),
+        "corpus": corpus_identity(windows.describe()),
         "mode": config.mode,
         "seed": config.seed,
         "batch_size": config.batch_size,
@@ -59,14 +65,32 @@ def run_identity(
     }
 
 
+def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity as compared on resume: the corpus without its budget and location."""
+    return {**identity, "corpus": corpus_identity(identity.get("corpus"))}
+
+
 def _check_resumable(existing: dict[str, Any], identity: dict[str, Any], directory: str) -> None:
-    diffs = [k for k in identity if existing.get(k) != identity[k]]
+    if existing.get("engine") == "merge":
+        raise InputError(
+            f"`out_dir` {directory} holds a merged factor run (`kfac-mem merge`), which no "
+            f"collection continues; collect into a new `out_dir` and merge the runs again."
+        )
+    old, new = _comparable(existing), _comparable(identity)
+    diffs = [k for k in new if old.get(k) != new[k]]
     if diffs:
         detail = "; ".join(
-            f"{k}: existing {_short(existing.get(k))} vs now {_short(identity[k])}" for k in diffs
+            f"{k}: existing {_short(old.get(k))} vs now {_short(new[k])}" for k in diffs
         )
+        was, now = existing.get("corpus") or {}, new.get("corpus") or {}
+        hint = ""
+        if "corpus" in diffs and "join" in now and "join" not in was:
+            hint = (
+                " (this run was collected before text corpora were fingerprinted by their "
+                "source and joining rule, so it cannot be continued)"
+            )
         raise ValueError(
-            f"{directory} already holds a factor run that differs in {diffs} ({detail}). "
+            f"{directory} already holds a factor run that differs in {diffs} ({detail}){hint}. "
             f"Continuing would mix incompatible statistics: use a new `out_dir`, or delete "
             f"this one to start over."
         )
@@ -86,28 +110,45 @@ def collect(
     *,
     engine: str = "native",
     progress: bool = True,
+    time_budget_s: float | None = None,
     stop_after: int | None = None,
     before_write: Callable[[], None] | None = None,
 ) -> fstore.FactorRun:
     """Collect K-FAC factors for `sites` over `windows` into the factor run at `out_dir`.
 
-    `windows` is token `Windows` for a language model or `LabelledExamples` (images + labels) for a
-    classifier; positions are weighted by the model's `loss_targets` (CLS only for a ViT). Token
-    ids must lie in [0, vocab_size) and windows fit the model's positions (checked first).
+    `windows` is token `Windows` [n, L] for a language model or `LabelledExamples` (images +
+    labels) for a classifier; positions are weighted by the model's `loss_targets` (CLS only for a
+    ViT). Token ids must lie in [0, vocab_size) and windows fit the model's positions (checked
+    first).
 
     `out_dir` must be new, empty or a factor run (`kfac_mem.rundir`); it is locked for the whole
     call. Resumes an interrupted run with the same identity (model weights, corpus, mode, seed,
-    batch size, sites); refuses to continue a different one, or a run whose metadata.json is gone.
-    `before_write` is called once every check has passed, before the first write of the run (the
-    CLI writes config.yaml there). `stop_after` (batches) ends early without marking the run
-    complete (used to test interruption).
+    batch size, sites; docs/design.md §5.2); refuses to continue a different one, a merged run, or
+    a run whose metadata.json is gone. The number of windows is a budget, not part of the
+    identity: with more windows of the same corpus (the same fingerprint, e.g. a larger
+    `max_tokens` for `load_windows`) a finished run is extended from where it stopped; fewer
+    windows than the run already holds are refused. Windows [0, windows_done) are never read
+    again, and batches continue from window windows_done.
+
+    `time_budget_s` (seconds from the call's start, compilation included) ends the pass at the
+    first step boundary after the budget, with a checkpoint; the run stays incomplete
+    (`progress.stopped` = "time_budget", `progress.windows_done` of `corpus.n_windows`) and a
+    rerun continues it. At least one step runs per call. `before_write` is called once every check
+    has passed, before the first write of the run (the CLI writes config.yaml there). `stop_after`
+    (batches) ends early the same way (used to test interruption).
 
     The reduce mode (`config.reduce`, "auto" by default) is chosen by `choose_reduce` from the
     compiled step's memory; the choice and its reason are logged and written to the run's
     metadata under "reduce". Every window counts: the last batch is padded with zero-weight rows.
 
-    Returns the finished run as `kfac_mem.load_factors(out_dir)` would.
+    Returns the run as `kfac_mem.load_factors(out_dir)` would (`.complete` says whether every
+    window was collected).
     """
+    t0 = time.monotonic()
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise InputError(f"`time_budget_s` must be > 0 seconds, got {time_budget_s}.")
+    if stop_after is not None and stop_after < 1:
+        raise InputError(f"`stop_after` must be >= 1 batches, got {stop_after}.")
     if isinstance(windows, Windows):
         cfg = getattr(model, "config", None)
         check_token_ids(windows.tokens, getattr(cfg, "vocab_size", None), "`windows`")
@@ -116,13 +157,17 @@ def collect(
         )
     inputs = {"model": getattr(model, "source", None)}
     inputs.update({f"windows ({p})": p for p in windows.sources})
+    deadline = None if time_budget_s is None else t0 + float(time_budget_s)
     with claim(out_dir, "factors", inputs=inputs):
         return _collect(
-            model, windows, sites, out_dir, config, engine, progress, stop_after, before_write
-        )
+            model, windows, sites, out_dir, config, engine, progress, deadline, stop_after,
+            before_write,
+        )  # fmt: skip
 
 
-def _collect(model, windows, sites, out_dir, config, engine, progress, stop_after, before_write):
+def _collect(
+    model, windows, sites, out_dir, config, engine, progress, deadline, stop_after, before_write
+):
     mesh, rules = model.mesh, model.rules
     if config.accumulate_dtype == "float64" and not jax.config.jax_enable_x64:
         raise ValueError(
@@ -135,7 +180,6 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
     if len(windows) == 0:
         raise ValueError("The corpus has no windows; give more data.")
     n_windows = len(windows)
-    n_batches = -(-n_windows // config.batch_size)  # the last one padded with zero-weight rows
     rows = step_batch_size(config.batch_size, n_data)
     if engine == "kfac-jax" and (rows != config.batch_size or n_windows % config.batch_size):
         raise ValueError(
@@ -144,6 +188,7 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
             f"`engine` 'native'."
         )
     identity = run_identity(model, sites, windows, config, engine)
+    corpus = windows.describe()  # recorded in full: the budget and the sources too
     manifest = run_manifest({"labels": config.seed})
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, fstore.METADATA)
@@ -160,26 +205,41 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
             f"what they were collected on cannot be checked and they cannot be resumed. Delete "
             f"the directory to start over, or choose another `out_dir`."
         )
-    if before_write is not None:
-        before_write()
 
     shardings = factor_shardings(sites, mesh, rules)
-    batch_sh = batch_shardings(windows, rows, mesh, rules)
-    per_item = windows.positions_per_item
     manager = fstore.checkpoint_manager(out_dir)
     info = {"n_tokens": 0, "windows_done": 0, "steps": 0, "complete": False, "loss_sum": 0.0}
     if manager.latest_step() is not None:
         totals, info = fstore.restore_state(
             manager, target=zero_sums(sites, config.accumulate_dtype, shardings)
         )
-        if info.get("complete"):
+        done = int(info["windows_done"])
+        if done > n_windows:
             manager.close()
+            how = (
+                f" (`max_tokens` >= {done * windows.seq_len} for `load_windows`)"
+                if isinstance(windows, Windows)
+                else ""
+            )
+            raise InputError(
+                f"`out_dir` {out_dir} already holds {done} windows ({info['n_tokens']} positions) "
+                f"of this corpus, more than the {n_windows} windows `windows` holds now: a factor "
+                f"run never shrinks. Give at least {done} windows{how} to extend it, or choose "
+                f"another `out_dir`."
+            )
+        if done == n_windows and info.get("complete"):
+            manager.close()
+            log.info("collect: %s already holds all %d windows", out_dir, n_windows)
             return fstore.FactorRun(out_dir)
     else:
         totals = zero_sums(sites, config.accumulate_dtype, shardings)
+    if before_write is not None:
+        before_write()
 
-    def batch_at(step):
-        start = step * config.batch_size
+    batch_sh = batch_shardings(windows, rows, mesh, rules)
+    per_item = windows.positions_per_item
+
+    def batch_at(start):
         n_valid = min(config.batch_size, n_windows - start)
         return global_batch(windows, start, rows, batch_sh, n_valid), n_valid
 
@@ -190,9 +250,18 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
         raise
     reduce_meta = choice.describe()
     log.info("collect: reduce=%s (%s)", choice.mode, choice.reason)
-    write_json_atomic(
-        meta_path, {**identity, "progress": info, "reduce": reduce_meta, "manifest": manifest}
-    )
+    stopped: str | None = None
+
+    def metadata() -> dict[str, Any]:
+        return {
+            **identity,
+            "corpus": corpus,
+            "progress": {**info, "stopped": stopped},
+            "reduce": reduce_meta,
+            "manifest": manifest,
+        }
+
+    write_json_atomic(meta_path, metadata())
 
     step_fn = choice.compiled
     if choice.mode == "checkpoint":
@@ -202,29 +271,26 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
     else:
         partials, fold = None, None
     base_key = jax.random.key(config.seed)
-    start_step = int(info["steps"])
-    last = n_batches if stop_after is None else min(n_batches, start_step + stop_after)
     bar = _progress_bar(progress, n_windows * per_item, int(info["windows_done"]) * per_item)
-    pending: list[tuple[int, int, dict]] = []  # steps dispatched but not yet checked
+    pending: list[tuple[int, int, int, dict]] = []  # steps dispatched but not yet checked
 
     def settle():
         """Check every dispatched step's finiteness and fold its counts into `info`."""
         nonlocal info
-        for step, n_valid, stats in pending:
+        for step, start, n_valid, stats in pending:
             stats = jax.device_get(stats)
             bad = sorted(name for name, ok in stats["finite"].items() if not ok)
-            first = step * config.batch_size
             if bad:
                 manager.close()
                 raise NonFiniteError(
                     f"Non-finite activations or gradients at step {step} (windows "
-                    f"{first}..{first + n_valid - 1}) in {bad}. "
+                    f"{start}..{start + n_valid - 1}) in {bad}. "
                     f"Nothing from this step was saved; {out_dir} still holds the run up to step "
                     f"{info['steps']}. Check the model's dtype (try `dtype` float32) and the data."
                 )
             info = {
                 "n_tokens": info["n_tokens"] + int(stats["count"]),
-                "windows_done": first + n_valid,
+                "windows_done": start + n_valid,
                 "steps": step + 1,
                 "complete": False,
                 "loss_sum": info["loss_sum"] + float(stats["loss"]),
@@ -239,14 +305,15 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
         settle()
         if partials is not None:
             totals, partials = fold(totals, partials)
-        fstore.save_state(manager, step, totals, info)
-        write_json_atomic(
-            meta_path,
-            {**identity, "progress": info, "reduce": reduce_meta, "manifest": manifest},
-        )
+        latest = manager.latest_step()
+        fstore.save_state(manager, step if latest is None else max(step, latest + 1), totals, info)
+        write_json_atomic(meta_path, metadata())
 
-    for step in range(start_step, last):
-        batch, n_valid = batch_at(step)
+    step = int(info["steps"])
+    start = int(info["windows_done"])
+    ran = 0
+    while start < n_windows:
+        batch, n_valid = batch_at(start)
         key = jax.random.fold_in(base_key, step)
         valid = np.int32(n_valid)
         if partials is None:
@@ -255,17 +322,41 @@ def _collect(model, windows, sites, out_dir, config, engine, progress, stop_afte
             partials, stats = step_fn(partials, model.params, batch, key, valid)
         if len(pending) >= 1:
             settle()  # the previous step; this one keeps the device busy meanwhile
-        pending.append((step, n_valid, stats))
-        if (step + 1) % config.save_every == 0 and step + 1 < last:
-            checkpoint(step + 1)
+        pending.append((step, start, n_valid, stats))
+        step, start, ran = step + 1, start + n_valid, ran + 1
+        if start >= n_windows:
+            break
+        if stop_after is not None and ran >= stop_after:
+            stopped = "stop_after"
+            break
+        if deadline is not None and _past(deadline):
+            stopped = "time_budget"
+            break
+        if step % config.save_every == 0:
+            checkpoint(step)
     settle()
     if bar is not None:
         bar.close()
-    info["complete"] = last == n_batches
-    checkpoint(last)
+    info["complete"] = info["windows_done"] == n_windows
+    if stopped == "time_budget":
+        log.info(
+            "collect: time budget reached after %d of %d windows; rerun to continue",
+            info["windows_done"],
+            n_windows,
+        )
+    checkpoint(step)
     manager.close()
     after_primary_wrote(f"kfac_mem.collection.run:{out_dir}")  # the others read its metadata
     return fstore.FactorRun(out_dir)
+
+
+def _past(deadline: float) -> bool:
+    """Whether the time budget is spent, decided by process 0 for every process (so all stop at
+    the same step)."""
+    now = time.monotonic() >= deadline
+    if jax.process_count() == 1:
+        return now
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(now)))
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

@@ -159,17 +159,23 @@ class FactorRun(Mapping[str, Factor]):
                 f"into a new directory."
             ) from None
 
+    def read_sums(self) -> FactorSums:
+        """The running sums (host numpy) from the latest checkpoint, read now and not kept
+        (`sums` keeps them); refused when the checkpoint's count disagrees with metadata.json."""
+        sums, info = self._restore()
+        if int(info["n_tokens"]) != self.n_tokens:
+            raise ValueError(
+                f"{self.directory}: metadata.json ({self.n_tokens} tokens) and the "
+                f"latest checkpoint ({info['n_tokens']}) disagree; rerun the collection "
+                f"command to finish or repair the run."
+            )
+        return sums
+
     @property
     def sums(self) -> FactorSums:
         """The running sums (host numpy), read from the latest checkpoint on first use."""
         if self._sums is None:
-            self._sums, info = self._restore()
-            if int(info["n_tokens"]) != self.n_tokens:
-                raise ValueError(
-                    f"{self.directory}: metadata.json ({self.n_tokens} tokens) and the "
-                    f"latest checkpoint ({info['n_tokens']}) disagree; rerun the collection "
-                    f"command to finish or repair the run."
-                )
+            self._sums = self.read_sums()
         return self._sums
 
     @property

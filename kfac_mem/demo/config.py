@@ -5,6 +5,7 @@ stage at toy size for CI). `kfac_mem.demo.presets.DEMO_PRESETS` registers them b
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from kfac_mem.collection.head_loss import MODES
 from kfac_mem.demo.mixture import MixtureConfig
@@ -26,13 +27,18 @@ class DemoConfig:
     Targets: the choice rule's limits (`max_ppl_increase`, `min_retention` of every
     `protected_groups` group) and the recitation the report checks before (at least
     `min_recitation_before`) and after (at most `max_recitation_after`) the edit.
+    Seeds: `seed` drives every seed-dependent stage (`demo/seeds.py` repeats the demo over seeds);
+    `split_seed` and the data (`mixture.seed`, which the committed model was trained on) do not
+    change with it, so every seed is scored on the same held-out windows.
     """
 
     name: str = "default"
     mixture: MixtureConfig = MixtureConfig()
     model_preset: str = "demo-olmo2"
-    asset: str | None = "demo-olmo2"  # committed model under kfac_mem/demo/assets/, if any
-    seed: int = 0
+    model_overrides: tuple[tuple[str, Any], ...] = ()  # DecoderConfig fields replaced in the preset
+    asset: str | None = "demo-olmo2"  # committed model: name under demo/assets/, or a path
+    seed: int = 0  # sampled labels, random-basis control, analyzer; model init when trained here
+    split_seed: int = 0  # memorized train/validation split (kept fixed across `--seeds`)
     train_steps: int = 1000
     train_batch: int = 32
     learning_rate: float = 2e-3
@@ -55,6 +61,7 @@ class DemoConfig:
     ndcg_windows: int = 32
     eval_items: int = 100  # per skill group and split
     analysis_examples: int = 48  # per example set
+    analysis: bool = True  # run the analyzer stage (tests that check other stages switch it off)
 
     def __post_init__(self):
         check_fields(

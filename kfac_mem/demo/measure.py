@@ -13,7 +13,7 @@ import numpy as np
 
 from kfac_mem.demo.skills import Item
 from kfac_mem.evaluation import ndcg_at_k, perplexity, recitation, score_continuations
-from kfac_mem.evaluation.recitation import teacher_forced_outcomes
+from kfac_mem.evaluation.mining import suffix_recited
 
 
 @dataclasses.dataclass
@@ -29,7 +29,7 @@ def teacher_forced_strict(model, rows: list[dict], params) -> float:
     """Share of windows whose every suffix token is the argmax (= greedy exact match)."""
     if not rows:
         return float("nan")
-    return float(np.mean(teacher_forced_outcomes(model, rows, params, 16)))
+    return float(suffix_recited(model, rows, params, 16).mean())
 
 
 def skill_outcomes(model, data, items: list[Item], params) -> list[int]:

@@ -25,6 +25,8 @@ ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
 
 def asset_dir(config: DemoConfig) -> str | None:
+    """The committed checkpoint directory of `config.asset` (a name under ASSETS or a path), or
+    None when there is none."""
     if config.asset is None:
         return None
     path = os.path.join(ASSETS, config.asset)
@@ -66,6 +68,7 @@ def demo_model(
     data = DemoData(config.mixture)
     vocab = data.tokenizer.get_vocab_size()
     model_config = get_config(config.model_preset).replace(
+        **dict(config.model_overrides),
         vocab_size=vocab,
         bos_token_id=data.bos,
         eos_token_id=data.bos,

@@ -80,8 +80,10 @@ def run_demo(
     with stage("decompose"):
         eigen = decompose_run(factors, os.path.join(out_dir, "eigen"), mesh, rules, overwrite=True)
 
-    with stage("analyze"):
-        analysis = run_analysis(model, eigen, data, mem, can, text, c, out_dir, log)
+    analysis: dict[str, Any] = {}
+    if c.analysis:
+        with stage("analyze"):
+            analysis = run_analysis(model, eigen, data, mem, can, text, c, out_dir, log)
 
     base_quick = measure.quick(model, data, selection, model.params)
     with stage("sweep"):
@@ -138,7 +140,7 @@ def mine_demo_sets(model, data, c: DemoConfig, out_dir: str, log) -> tuple[dict,
         1 + c.mixture.prefix_len,
         os.path.join(out_dir, "mined", "memorized"),
         0.5,
-        c.seed,
+        c.split_seed,
     )
     can = mine_set(
         model,
@@ -146,7 +148,7 @@ def mine_demo_sets(model, data, c: DemoConfig, out_dir: str, log) -> tuple[dict,
         1 + c.mixture.canary_prefix_len,
         os.path.join(out_dir, "mined", "canaries"),
         1.0,
-        c.seed,
+        c.split_seed,
     )
     log(
         f"   memorized passages: {mem['stats']['memorized']}/{len(data.memorized)} recited "

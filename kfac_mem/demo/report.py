@@ -239,7 +239,7 @@ def write_report(
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1),
         "devices": {"count": jax.device_count(), "platform": jax.devices()[0].platform},
-        "manifest": run_manifest({"seed": c.seed}),
+        "manifest": run_manifest({"seed": c.seed, "split_seed": c.split_seed}),
         "provenance": provenance,
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
@@ -478,8 +478,12 @@ def _analysis_lines(analysis) -> list[str]:
         "",
         "## Curvature analysis",
         "",
-        "The analyzer's full report (spectra, per-example sharpness, band ratios, band "
-        "ablation) is in [analysis/report.md](analysis/report.md).",
+        (
+            "The analyzer's full report (spectra, per-example sharpness, band ratios, band "
+            "ablation) is in [analysis/report.md](analysis/report.md)."
+            if analysis
+            else "Not run in this configuration (`DemoConfig.analysis` is off)."
+        ),
         "",
     ]
     findings = analysis.get("findings", [])

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from kfac_mem.errors import InputError
 from kfac_mem.validation import check_token_ids
 
 WINDOW_FIELDS = ("prefix_ids", "suffix_ids")
@@ -67,36 +68,34 @@ def read_memorized(
 ) -> list[dict[str, Any]]:
     """Rows of a memorized-window file: jsonl with `prefix_ids` and `suffix_ids` (token id lists).
 
-    Every row must have the same prefix and suffix lengths: `prefix_len`/`suffix_len` when given,
-    else those of the first row. Other fields (text, provenance) are kept as they are; `line` (the
-    1-based line number) is added.
+    Rows may differ in prefix and suffix length (the quotes protocol, docs/design.md §3, §5.6);
+    `prefix_len` / `suffix_len`, when given, require that length of every row. Other fields (text,
+    provenance) are kept as they are; `line` (the 1-based line number) is added.
 
     Raises:
-      ValueError naming the file and line of the first row with a missing field, a non-integer or
-      out-of-vocabulary id, or a window of the wrong length.
+      InputError naming the file and line of the first row with a missing field, a non-integer or
+      out-of-vocabulary id, an empty list, or a length other than the required one.
     """
     rows: list[dict[str, Any]] = []
-    origin = "the expected lengths" if prefix_len is not None and suffix_len is not None else None
     for lineno, obj in iter_jsonl(path):
         missing = [f for f in WINDOW_FIELDS if f not in obj]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{path}:{lineno}: missing field(s) {missing}; every row needs "
                 f"`prefix_ids` and `suffix_ids` (lists of token ids)."
             )
         prefix = _token_list(path, lineno, "prefix_ids", obj["prefix_ids"], vocab_size)
         suffix = _token_list(path, lineno, "suffix_ids", obj["suffix_ids"], vocab_size)
-        if origin is None:
-            prefix_len = len(prefix) if prefix_len is None else prefix_len
-            suffix_len = len(suffix) if suffix_len is None else suffix_len
-            origin = f"line {lineno}'s lengths"
-        if len(prefix) != prefix_len or len(suffix) != suffix_len:
-            raise ValueError(
-                f"{path}:{lineno}: window of the wrong length: prefix {len(prefix)} / suffix "
-                f"{len(suffix)} tokens, but {origin} are {prefix_len} / {suffix_len}. All windows "
-                f"of a set must have the same lengths; drop or re-mine this row."
-            )
+        for name, got, want in (
+            ("prefix_len", len(prefix), prefix_len),
+            ("suffix_len", len(suffix), suffix_len),
+        ):
+            if want is not None and got != want:
+                raise InputError(
+                    f"{path}:{lineno}: window of the wrong length: {name.split('_')[0]} of {got} "
+                    f"tokens, but `{name}` requires {want}; drop or re-mine this row."
+                )
         rows.append({**obj, "line": lineno})
     if not rows:
-        raise ValueError(f"{path}: no rows; a memorized-window file needs at least one jsonl row.")
+        raise InputError(f"{path}: no rows; a memorized-window file needs at least one jsonl row.")
     return rows

@@ -9,6 +9,11 @@ already kept window exceeds `max_jaccard`), and the rest is split into train and
 (16 tokens by default) even across documents, form one group, and a seeded permutation of the
 groups fills the validation split. So no document and no 16-gram is in both splits, and a
 held-out window is never a shifted copy of a training one.
+
+The quotes protocol (`prefix_len=None`): every document is one candidate window whose suffix is
+its last `suffix_len` tokens and whose prefix is all the tokens before them (at most
+`max_prefix_len`, the ones nearest the suffix), so prefix lengths vary per row (the paper's quotes:
+prefix = all but the last 8 tokens). Mining, deduplication and the split are the same.
 """
 
 from __future__ import annotations
@@ -19,16 +24,23 @@ from typing import Any
 
 import numpy as np
 
+from kfac_mem.errors import InputError
 from kfac_mem.evaluation.batching import pad_rows, place_batch, round_batch
-from kfac_mem.evaluation.scoring import suffix_argmax_matches
+from kfac_mem.evaluation.ragged import length_groups, pad_right
+from kfac_mem.evaluation.scoring import suffix_argmax_matches, suffix_argmax_matches_at
 from kfac_mem.evaluation.text import TokenDocument, token_documents
 
 
 @dataclasses.dataclass(frozen=True)
 class MiningConfig:
-    """Window geometry, deduplication and split (defaults: the paper's 64 / 48 windows)."""
+    """Window geometry, deduplication and split (defaults: the paper's 64 / 48 windows).
 
-    prefix_len: int = 64
+    `prefix_len=None` selects the quotes protocol (module doc): one window per document, suffix =
+    its last `suffix_len` tokens, prefix = the rest (at most `max_prefix_len` tokens); `stride` is
+    then unused. `max_prefix_len` applies only there.
+    """
+
+    prefix_len: int | None = 64
     suffix_len: int = 48
     stride: int = 32  # distance between consecutive window starts inside a document
     max_jaccard: float = 0.2  # near-duplicate threshold on token n-gram sets
@@ -38,25 +50,75 @@ class MiningConfig:
     max_windows: int | None = None  # stop after this many candidate windows
     batch_size: int = 16
     leak_ngram: int = 16  # windows sharing a verbatim n-gram this long stay in one split
+    max_prefix_len: int | None = None  # quotes protocol only: longest prefix kept
 
     def __post_init__(self):
-        for name in ("prefix_len", "suffix_len", "stride", "ngram", "batch_size", "leak_ngram"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        for name in (
+            "prefix_len",
+            "suffix_len",
+            "stride",
+            "ngram",
+            "batch_size",
+            "leak_ngram",
+            "max_prefix_len",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"`{name}` must be >= 1, got {value}.")
+        if self.max_prefix_len is not None and self.prefix_len is not None:
+            raise InputError(
+                "`max_prefix_len` applies to the quotes protocol only (`prefix_len=None`); "
+                f"with `prefix_len` {self.prefix_len} every prefix has that length."
+            )
         if not 0.0 <= self.max_jaccard <= 1.0:
             raise ValueError(f"`max_jaccard` must be in [0, 1], got {self.max_jaccard}.")
         if not 0.0 <= self.val_fraction <= 1.0:
             raise ValueError(f"`val_fraction` must be in [0, 1], got {self.val_fraction}.")
 
     @property
+    def quotes(self) -> bool:
+        """Whether prefixes vary per row (the quotes protocol, `prefix_len=None`)."""
+        return self.prefix_len is None
+
+    @property
     def window(self) -> int:
+        """Window length P + S (fixed geometry only)."""
+        if self.prefix_len is None:
+            raise InputError("Quotes-protocol windows (`prefix_len=None`) have no fixed length.")
         return self.prefix_len + self.suffix_len
+
+
+def document_windows(
+    docs: Iterable[TokenDocument], cfg: MiningConfig
+) -> tuple[list[np.ndarray], list[tuple[str, int, int]]]:
+    """The quotes protocol's candidates: one window int32 [P_d + S] per document with more than
+    `suffix_len` tokens (its last P_d + S tokens, P_d = min(len − S, `max_prefix_len`)), and
+    (source, document index, start token) per window."""
+    windows, where = [], []
+    for doc in docs:
+        if cfg.max_windows is not None and len(windows) >= cfg.max_windows:
+            break
+        n = int(doc.ids.size)
+        if n <= cfg.suffix_len:
+            continue
+        prefix = n - cfg.suffix_len
+        if cfg.max_prefix_len is not None:
+            prefix = min(prefix, cfg.max_prefix_len)
+        start = n - cfg.suffix_len - prefix
+        windows.append(np.asarray(doc.ids[start:], np.int32))
+        where.append((doc.source, doc.index, start))
+    return windows, where
 
 
 def candidate_windows(
     docs: Iterable[TokenDocument], cfg: MiningConfig
-) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
-    """(windows int32 [N, P + S], provenance (source, document index, start token) per window)."""
+) -> tuple[np.ndarray | list[np.ndarray], list[tuple[str, int, int]]]:
+    """(windows int32 [N, P + S], provenance (source, document index, start token) per window).
+
+    With `cfg.prefix_len=None` (quotes protocol) the windows are `document_windows`: a list of
+    int32 arrays of varying lengths."""
+    if cfg.quotes:
+        return document_windows(docs, cfg)
     windows, where = [], []
     for doc in docs:
         for start in range(0, doc.ids.size - cfg.window + 1, cfg.stride):
@@ -72,18 +134,75 @@ def candidate_windows(
 
 
 def suffix_matches(
-    model, windows: np.ndarray, prefix_len: int, params=None, batch_size: int = 16
+    model,
+    windows: np.ndarray | Sequence[np.ndarray],
+    prefix_len: int | Sequence[int],
+    params=None,
+    batch_size: int = 16,
 ) -> np.ndarray:
-    """Teacher-forced argmax hits bool [N, S] of windows int [N, P + S] (see `scoring`)."""
+    """Teacher-forced argmax hits bool [N, S] of windows int [N, P + S] (see `scoring`).
+
+    Windows of varying lengths (a list of 1-D arrays) take one prefix length per window
+    (`prefix_len` int [N]); every suffix must then have the same length S. They are batched by
+    length bucket (`ragged.length_groups`), right-padded, so a set compiles one shape per bucket.
+    """
     params = model.params if params is None else params
-    rows = round_batch(batch_size, model, windows.shape[0])
-    out = np.zeros((windows.shape[0], windows.shape[1] - prefix_len), bool)
-    for start in range(0, windows.shape[0], rows):
-        chunk = windows[start : start + rows]
-        hits = suffix_argmax_matches(
-            model, params, place_batch(model, pad_rows(chunk, rows)), prefix_len
+    if np.ndim(prefix_len) == 0 and not isinstance(windows, list):
+        windows = np.asarray(windows)
+        rows = round_batch(batch_size, model, windows.shape[0])
+        out = np.zeros((windows.shape[0], windows.shape[1] - prefix_len), bool)
+        for start in range(0, windows.shape[0], rows):
+            chunk = windows[start : start + rows]
+            hits = suffix_argmax_matches(
+                model, params, place_batch(model, pad_rows(chunk, rows)), prefix_len
+            )
+            out[start : start + len(chunk)] = np.asarray(hits)[: len(chunk)]
+        return out
+    lengths = np.asarray([len(w) for w in windows], np.int64)
+    prefix = np.broadcast_to(np.asarray(prefix_len, np.int64), lengths.shape)
+    suffix = lengths - prefix
+    if lengths.size == 0:
+        return np.zeros((0, 0), bool)
+    if (suffix != suffix[0]).any() or suffix[0] < 1 or prefix.min() < 1:
+        raise InputError(
+            "`windows` with per-row `prefix_len` need one suffix length >= 1 and prefixes >= 1; "
+            f"got suffix lengths {sorted(set(suffix.tolist()))}."
         )
-        out[start : start + len(chunk)] = np.asarray(hits)[: len(chunk)]
+    s = int(suffix[0])
+    rows = round_batch(batch_size, model, len(windows))
+    out = np.zeros((len(windows), s), bool)
+    for bucket, idx in length_groups(lengths):
+        for start in range(0, idx.size, rows):
+            part = idx[start : start + rows]
+            tokens = pad_right([windows[i] for i in part], fill=0, width=bucket)
+            hits = suffix_argmax_matches_at(
+                model,
+                params,
+                place_batch(model, pad_rows(tokens, rows)),
+                place_batch(model, pad_rows(prefix[part].astype(np.int32), rows, fill=1)),
+                s,
+            )
+            out[part] = np.asarray(hits)[: part.size]
+    return out
+
+
+def suffix_recited(
+    model, rows: Sequence[dict[str, Any]], params=None, batch_size: int = 16
+) -> np.ndarray:
+    """bool [N]: whether every suffix token of each memorized row is the teacher-forced argmax
+    (= greedy decoding reproduces the suffix). Rows may differ in prefix and suffix lengths."""
+    prefix = [list(r["prefix_ids"]) for r in rows]
+    suffix = [list(r["suffix_ids"]) for r in rows]
+    out = np.zeros(len(rows), bool)
+    for s in sorted({len(x) for x in suffix}):
+        idx = [i for i in range(len(rows)) if len(suffix[i]) == s]
+        windows = [np.asarray(prefix[i] + suffix[i], np.int32) for i in idx]
+        lens = [len(prefix[i]) for i in idx]
+        if len(set(lens)) == 1:
+            hits = suffix_matches(model, np.stack(windows), lens[0], params, batch_size)
+        else:
+            hits = suffix_matches(model, windows, lens, params, batch_size)
+        out[idx] = hits.all(axis=1)
     return out
 
 
@@ -177,38 +296,56 @@ def split_by_document(
 
 def mine_windows(
     model,
-    windows: np.ndarray,
+    windows: np.ndarray | Sequence[np.ndarray],
     provenance: Sequence[tuple[str, int, int]],
     cfg: MiningConfig = MiningConfig(),
     params=None,
 ) -> dict[str, Any]:
-    """Memorized, deduplicated, split windows among candidate `windows` [N, P + S].
+    """Memorized, deduplicated, split windows among candidate `windows` [N, P + S] (with
+    `cfg.prefix_len=None`: a list of 1-D windows of any lengths > S, prefix = all but the last S).
 
     Returns:
       {"train": rows, "validation": rows, "stats": counts}; a row has `prefix_ids`, `suffix_ids`,
       decoded `prefix_text`/`suffix_text` (when the model has a tokenizer), `corpus`, `doc_index`,
       `start` (token offset in the document) and `split`.
     """
-    windows = np.asarray(windows, np.int32)
-    if windows.ndim != 2 or windows.shape[1] != cfg.window:
-        raise ValueError(
-            f"`windows` must be [N, {cfg.window}] (prefix {cfg.prefix_len} + suffix "
-            f"{cfg.suffix_len}), got {windows.shape}."
+    if cfg.quotes:
+        windows = [np.asarray(w, np.int32).reshape(-1) for w in windows]
+        short = [i for i, w in enumerate(windows) if w.size <= cfg.suffix_len]
+        if short:
+            raise InputError(
+                f"`windows[{short[0]}]` has {windows[short[0]].size} tokens; the quotes protocol "
+                f"needs more than `suffix_len` {cfg.suffix_len} (at least one prefix token)."
+            )
+        prefix_lens = np.asarray([w.size - cfg.suffix_len for w in windows], np.int64)
+        hits = (
+            suffix_matches(model, windows, prefix_lens, params, cfg.batch_size)
+            if windows
+            else np.zeros((0, cfg.suffix_len), bool)
         )
-    hits = suffix_matches(model, windows, cfg.prefix_len, params, cfg.batch_size)
+    else:
+        windows = np.asarray(windows, np.int32)
+        if windows.ndim != 2 or windows.shape[1] != cfg.window:
+            raise InputError(
+                f"`windows` must be [N, {cfg.window}] (prefix {cfg.prefix_len} + suffix "
+                f"{cfg.suffix_len}), got {windows.shape}."
+            )
+        prefix_lens = np.full(windows.shape[0], cfg.prefix_len, np.int64)
+        hits = suffix_matches(model, windows, cfg.prefix_len, params, cfg.batch_size)
     memorized = np.flatnonzero(hits.all(axis=1))
     kept = [
         int(memorized[i])
-        for i in drop_near_duplicates(windows[memorized], cfg.max_jaccard, cfg.ngram)
+        for i in drop_near_duplicates([windows[i] for i in memorized], cfg.max_jaccard, cfg.ngram)
     ]
     documents = [provenance[i][:2] for i in kept]  # (source, document index)
     train, val = split_by_document(
-        windows[kept], documents, cfg.val_fraction, cfg.seed, cfg.leak_ngram
+        [windows[i] for i in kept], documents, cfg.val_fraction, cfg.seed, cfg.leak_ngram
     )
     tok = model.tokenizer
 
     def row(i: int, split: str) -> dict[str, Any]:
-        p, s = windows[i, : cfg.prefix_len].tolist(), windows[i, cfg.prefix_len :].tolist()
+        w, p_len = windows[i], int(prefix_lens[i])
+        p, s = w[:p_len].tolist(), w[p_len:].tolist()
         source, doc, start = provenance[i]
         out: dict[str, Any] = {"prefix_ids": p, "suffix_ids": s}
         if tok is not None:
@@ -217,8 +354,9 @@ def mine_windows(
         out.update(corpus=source, doc_index=doc, start=start, split=split)
         return out
 
+    kept_prefix = prefix_lens[kept] if kept else np.zeros(0, np.int64)
     stats = {
-        "candidates": int(windows.shape[0]),
+        "candidates": len(windows),
         "memorized": int(memorized.size),
         "after_dedup": len(kept),
         "train": int(train.size),
@@ -227,6 +365,12 @@ def mine_windows(
         "documents_train": len({documents[j] for j in train}),
         "documents_validation": len({documents[j] for j in val}),
         "mean_suffix_match": float(hits.mean()) if hits.size else 0.0,
+        "protocol": "quotes" if cfg.quotes else "fixed",
+        "prefix_lengths": {
+            "min": int(kept_prefix.min()) if kept_prefix.size else None,
+            "mean": float(kept_prefix.mean()) if kept_prefix.size else None,
+            "max": int(kept_prefix.max()) if kept_prefix.size else None,
+        },
         **dataclasses.asdict(cfg),
     }
     return {
@@ -250,10 +394,13 @@ def mine(
             yield from token_documents(source, model.tokenizer, text_field, model.config.vocab_size)
 
     windows, provenance = candidate_windows(docs(), cfg)
-    if windows.shape[0] == 0:
-        raise ValueError(
-            f"No document in {list(sources)} has {cfg.window} tokens (prefix "
-            f"{cfg.prefix_len} + suffix {cfg.suffix_len}); use longer texts or "
-            f"shorter windows."
+    if len(windows) == 0:
+        need = (
+            f"more than {cfg.suffix_len} tokens (suffix {cfg.suffix_len} + a prefix)"
+            if cfg.quotes
+            else f"{cfg.window} tokens (prefix {cfg.prefix_len} + suffix {cfg.suffix_len})"
+        )
+        raise InputError(
+            f"No document in {list(sources)} has {need}; use longer texts or shorter windows."
         )
     return mine_windows(model, windows, provenance, cfg, params)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from kfac_mem.evaluation.batching import length_bucket, round_batch
+from kfac_mem.errors import InputError
 from kfac_mem.evaluation.levenshtein import recitation_match
+from kfac_mem.evaluation.ragged import greedy_continuations
 from kfac_mem.stats import bootstrap_mean, compare_paired, proportion
 
 # Row fields carried into the per-example output as provenance (when present).
@@ -32,9 +31,14 @@ def recitation(
 ) -> dict[str, Any]:
     """Greedy-generate |suffix| tokens from each prefix and compare with the true suffix.
 
+    Rows may differ in prefix and suffix length (the quotes protocol, docs/design.md §3): they are
+    decoded in batches grouped by prefix-length bucket (`ragged.greedy_continuations`), and each
+    row's result is the one it gets when evaluated alone.
+
     Args:
       model: a `models.LanguageModel` (its tokenizer, if any, decodes the per-example text).
-      rows: dicts with `prefix_ids` and `suffix_ids` (token id lists; see `io.read_memorized`).
+      rows: dicts with `prefix_ids` and `suffix_ids` (token id lists of any lengths ≥ 1; see
+        `io.read_memorized`).
       params: parameter tree to evaluate instead of `model.params` (e.g. edited weights).
       batch_size: rows per generation batch (rounded up to a multiple of the data-parallel size).
       include_rows: also return one result row per example.
@@ -49,29 +53,22 @@ def recitation(
       "rows": per example the distance, flags, generated ids and the decoded prefix, true suffix and
       generated text.
     """
-    from models import greedy_generate
-
     if not rows:
         raise ValueError("recitation() needs at least one (prefix, suffix) row.")
     for i, r in enumerate(rows):
         if "prefix_ids" not in r or "suffix_ids" not in r:
-            raise ValueError(f"rows[{i}] lacks `prefix_ids`/`suffix_ids`.")
+            raise InputError(f"`rows[{i}]` lacks `prefix_ids`/`suffix_ids`.")
+        if not len(r["prefix_ids"]) or not len(r["suffix_ids"]):
+            raise InputError(f"`rows[{i}]` has an empty `prefix_ids` or `suffix_ids`.")
     prefixes = [list(map(int, r["prefix_ids"])) for r in rows]
     suffixes = [list(map(int, r["suffix_ids"])) for r in rows]
-    max_new = max(len(s) for s in suffixes)
-    bucket = length_bucket(max(len(p) for p in prefixes))
-    generated = greedy_generate(
-        model,
-        prefixes,
-        max_new,
-        params=params,
-        batch_size=round_batch(batch_size, model, len(rows)),
-        bucket=bucket,
+    generated = greedy_continuations(
+        model, prefixes, [len(s) for s in suffixes], params, batch_size
     )
     tok = model.tokenizer
     per_row, strict, loose, dist = [], [], [], []
     for i, (row, suffix) in enumerate(zip(rows, suffixes)):
-        gen = generated[i, : len(suffix)].tolist()
+        gen = generated[i]
         d, norm, is_strict, is_loose = recitation_match(gen, suffix)
         strict.append(int(is_strict))
         loose.append(int(is_loose))
@@ -97,29 +94,6 @@ def recitation(
     if include_rows:
         result["rows"] = per_row
     return result
-
-
-def teacher_forced_outcomes(
-    model, rows: Sequence[dict[str, Any]], params=None, batch_size: int = 16
-) -> list[int]:
-    """1 per row whose every suffix token is the model's argmax given the true prefix and suffix
-    so far (teacher forcing), else 0, in row order. Equal to greedy generation's exact match
-    (strict) and cheaper: one forward per window instead of |suffix| decoding steps. Rows of
-    different prefix/suffix lengths are scored in groups of equal lengths."""
-    from kfac_mem.evaluation.mining import suffix_matches
-
-    out = [0] * len(rows)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault((len(r["prefix_ids"]), len(r["suffix_ids"])), []).append(i)
-    for (p, _), idx in groups.items():
-        windows = np.asarray(
-            [list(rows[i]["prefix_ids"]) + list(rows[i]["suffix_ids"]) for i in idx], np.int32
-        )
-        hits = suffix_matches(model, windows, p, params, batch_size).all(axis=1)
-        for i, hit in zip(idx, hits):
-            out[i] = int(hit)
-    return out
 
 
 def summarize_outcomes(outcomes: dict[str, list]) -> dict[str, Any]:

@@ -41,6 +41,22 @@ def suffix_argmax_matches(model, params, tokens: jax.Array, prefix_len: int) -> 
     return pred == tokens[:, prefix_len:]
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def suffix_argmax_matches_at(
+    model, params, tokens: jax.Array, prefix_lens: jax.Array, suffix_len: int
+) -> jax.Array:
+    """`suffix_argmax_matches` for rows whose prefixes differ in length: tokens [B, W], each row
+    `prefix ‖ suffix ‖ pad` (right padding), prefix_lens int32 [B] (≥ 1), every suffix
+    `suffix_len` tokens. bool [B, suffix_len], entry i true iff the argmax at position
+    prefix_lens − 1 + i equals the token at prefix_lens + i."""
+    w = tokens.shape[1]
+    pos = jnp.clip(prefix_lens[:, None] - 1 + jnp.arange(suffix_len)[None], 0, w - 2)
+    pred = jnp.argmax(
+        jnp.take_along_axis(_logits(model, params, tokens), pos[..., None], axis=1), axis=-1
+    )
+    return pred == jnp.take_along_axis(tokens, pos + 1, axis=1)
+
+
 def score_hidden(
     model,
     params,

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from kfac_mem.data import join_documents, join_rule, tokenize_documents
 from kfac_mem.evaluation.io import iter_jsonl
 from kfac_mem.validation import check_token_ids, load_npy
 
@@ -133,7 +134,8 @@ def token_documents(
     vocab_size: int | None = None,
     max_tokens: int | None = None,
 ) -> Iterator[TokenDocument]:
-    """Tokenized documents of a source (no special tokens added), stopping after `max_tokens`."""
+    """Tokenized documents of a source (no special tokens added; `kfac_mem.data.tokenize_documents`,
+    the tokenization collect uses), stopping after `max_tokens`."""
     if source.endswith(".npy"):
         for i, row in enumerate(load_token_array(source, vocab_size)):
             yield TokenDocument(row, source, i)
@@ -143,24 +145,13 @@ def token_documents(
             f"Text source `{source}` needs a tokenizer, but the model has none; give "
             f"a .npy token array instead or load a model that ships its tokenizer."
         )
-    total, batch, index = 0, [], 0
-
-    def flush(texts):
-        nonlocal total, index
-        for enc in tokenizer.encode_batch(texts, add_special_tokens=False):
-            ids = np.asarray(enc.ids, np.int32)
-            total += ids.size
-            yield TokenDocument(ids, source, index)
-            index += 1
-
-    for text in iter_texts(source, text_field):
-        batch.append(text)
-        if len(batch) == 64:
-            yield from flush(batch)
-            batch = []
-            if max_tokens is not None and total >= max_tokens:
-                return
-    yield from flush(batch)
+    total = 0
+    for index, ids in enumerate(tokenize_documents(iter_texts(source, text_field), tokenizer)):
+        ids = np.asarray(ids, np.int32)
+        total += ids.size
+        yield TokenDocument(ids, source, index)
+        if max_tokens is not None and total >= max_tokens:
+            return
 
 
 def windows_from_sources(
@@ -174,37 +165,49 @@ def windows_from_sources(
 ) -> np.ndarray:
     """Non-overlapping windows int32 [N, length] for perplexity / nDCG.
 
-    Text sources: documents are tokenized, joined with `eos_id` between them (when the model has
-    one) and cut into consecutive windows; the incomplete tail is dropped. `.npy` sources are used
-    as they are (their width must equal `length`). At most `limit` windows in all.
+    Text sources: documents are tokenized and joined by `kfac_mem.data.join_documents`, the rule
+    collect uses (`eos_id` after every document when the model has one, nothing between them
+    otherwise; docs/design.md §2.10): consecutive text sources form one stream, cut into
+    consecutive windows, the incomplete tail dropped. `.npy` sources are used as they are (their
+    width must equal `length`). At most `limit` windows in all.
     """
     if length < 2:
         raise ValueError(
             f"Window length must be >= 2 (one prediction needs two tokens), got {length}."
         )
     out: list[np.ndarray] = []
-    for source in sources:
-        if source.endswith(".npy"):
-            arr = load_token_array(source, vocab_size)
+    count = 0
+    i = 0
+    while i < len(sources) and (limit is None or count < limit):
+        if sources[i].endswith(".npy"):
+            arr = load_token_array(sources[i], vocab_size)
             if arr.shape[1] != length:
                 raise ValueError(
-                    f"{source}: windows are {arr.shape[1]} tokens wide but the window "
+                    f"{sources[i]}: windows are {arr.shape[1]} tokens wide but the window "
                     f"length is {length}; pass `length` {arr.shape[1]}."
                 )
             out.append(arr)
+            count += len(arr)
+            i += 1
             continue
-        need = None if limit is None else (limit + 1) * length
-        stream: list[np.ndarray] = []
-        for doc in token_documents(source, tokenizer, text_field, vocab_size, max_tokens=need):
-            stream.append(doc.ids)
-            if eos_id is not None:
-                stream.append(np.asarray([eos_id], np.int32))
-        flat = np.concatenate(stream) if stream else np.zeros((0,), np.int32)
-        n = flat.size // length
-        if n == 0:
+        j = i
+        while j < len(sources) and not sources[j].endswith(".npy"):
+            j += 1
+        group = sources[i:j]
+        docs = (
+            doc.ids
+            for source in group
+            for doc in token_documents(source, tokenizer, text_field, vocab_size)
+        )
+        want = None if limit is None else limit - count
+        arr = join_documents(docs, length, eos_id, want)
+        if arr.shape[0] == 0:
             raise ValueError(
-                f"{source}: only {flat.size} tokens, fewer than one window of {length}."
+                f"{', '.join(group)}: fewer tokens than one window of {length} (documents joined "
+                f"with {join_rule(eos_id)} between them)."
             )
-        out.append(flat[: n * length].reshape(n, length))
+        out.append(arr.astype(np.int32))
+        count += len(arr)
+        i = j
     windows = np.concatenate(out, axis=0)
     return windows if limit is None else windows[:limit]

@@ -2,14 +2,16 @@
 
 The LM demo, the SmolLM2 preset, the vision demo, `compare` and `kfac-mem sweep`
 (`run_memorization_sweep`) declare their grid, measure and rule and run them here (`sweep`,
-`ChoiceRule.choose`, `matched_control`); `memorization_measure` is the LM experiments' shared
-measure (recitation of memorized sets, perplexity ratio to the unedited model).
+`ChoiceRule.choose`, `matched_control`), and repeat themselves over seeds here (`run_seeds`);
+`memorization_measure` is the LM experiments' shared measure (recitation of memorized sets,
+perplexity ratio to the unedited model).
 """
 
 from kfac_mem.experiments.grid import EditCell, edit_grid
 from kfac_mem.experiments.measures import memorization_measure, perplexity_ratio
 from kfac_mem.experiments.memorization import MemorizationSweep, run_memorization_sweep
 from kfac_mem.experiments.rule import ChoiceRule, Limit, metric
+from kfac_mem.experiments.seeds import parse_seeds, run_seeds
 from kfac_mem.experiments.stages import Stages
 from kfac_mem.experiments.sweep import edited_params, matched_control, sweep
 
@@ -24,7 +26,9 @@ __all__ = [
     "matched_control",
     "memorization_measure",
     "metric",
+    "parse_seeds",
     "perplexity_ratio",
     "run_memorization_sweep",
+    "run_seeds",
     "sweep",
 ]

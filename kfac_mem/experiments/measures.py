@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from kfac_mem.evaluation.mining import suffix_recited
 from kfac_mem.evaluation.perplexity import perplexity
-from kfac_mem.evaluation.recitation import recitation, summary, teacher_forced_outcomes
+from kfac_mem.evaluation.recitation import recitation, summary
 from kfac_mem.stats import paired_difference, proportion
 
 __all__ = ["RECITATION_MODES", "memorization_measure", "perplexity_ratio"]
@@ -48,7 +49,7 @@ def perplexity_ratio(
 
 
 def _teacher_forced(model, rows, params, batch_size: int) -> dict[str, Any]:
-    strict = teacher_forced_outcomes(model, rows, params, batch_size)
+    strict = [int(hit) for hit in suffix_recited(model, rows, params, batch_size)]
     return {
         "n": len(strict),
         "strict": sum(strict) / len(strict),

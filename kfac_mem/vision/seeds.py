@@ -5,23 +5,24 @@ validation images. Headline = mean, sample standard deviation and Student-t 95% 
 Table-2 rate across seeds (`stats.across_seeds`), beside each seed's own Wilson intervals and
 paired tests.
 
-Writes OUT/seed-<s>/ (one full demo run each), OUT/seeds.json and OUT/seeds.md.
+Writes OUT/seed-<s>/ (one full demo run each), OUT/seeds.json and OUT/seeds.md through the
+project's one multi-seed mechanism (`kfac_mem.experiments.seeds.run_seeds`); this module declares
+what a seed changes (`seeded`), which numbers are aggregated (`measures`) and the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kfac_mem.atomic import write_json_atomic, write_text_atomic
 from kfac_mem.demo.presets import demo_config
-from kfac_mem.manifest import run_manifest
-from kfac_mem.stats import across_seeds, fmt_interval
+from kfac_mem.experiments.seeds import aggregate as aggregate_tree
+from kfac_mem.experiments.seeds import parse_seeds, run_seeds
+from kfac_mem.stats import fmt_interval
 from kfac_mem.vision.demo import TABLE2_MEASURES, VisionDemoConfig, run_vision_demo
 
-__all__ = ["parse_seeds", "run_vision_seeds", "seeded"]
+__all__ = ["aggregate", "measures", "parse_seeds", "run_vision_seeds", "seeded"]
 
 SEED_FIELDS = ("noise_seed", "model_seed", "split_seed", "factor_seed")
 LABELS = {"before": "unedited", "kfac": "K-FAC", "svd": "SVD"}
@@ -32,52 +33,28 @@ MEASURE_LABELS = {
 }
 
 
-def parse_seeds(text: str) -> list[int]:
-    """ "0-4" -> [0, 1, 2, 3, 4]; "0,3,7" -> [0, 3, 7]; ranges and lists combine ("0-2,9")."""
-    seeds: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                seeds.extend(range(lo, hi + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError:
-            raise ValueError(
-                f"`seeds` {text!r} is not a seed list: use e.g. 0-4 or 0,3,7."
-            ) from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"`seeds` {text!r} must name distinct seeds, e.g. 0-4.")
-    return seeds
-
-
 def seeded(config: VisionDemoConfig, seed: int) -> VisionDemoConfig:
     """`config` with every seed-dependent stage on `seed` (the data split unchanged)."""
     return dataclasses.replace(config, **dict.fromkeys(SEED_FIELDS, seed))
 
 
+def measures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one seed aggregated across seeds: each method's Table-2 rates and each
+    paired difference (K-FAC − other)."""
+    return {
+        "rates": {
+            method: {m: summary["rows"][method][m] for m in TABLE2_MEASURES} for method in LABELS
+        },
+        "differences": {
+            key: {m: test[m]["difference"] for m in TABLE2_MEASURES}
+            for key, test in summary["paired_tests"].items()
+        },
+    }
+
+
 def aggregate(summaries: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Across seeds: each method's Table-2 rates and each paired difference (K-FAC − other)."""
-    rates = {
-        method: {
-            m: across_seeds([s["rows"][method][m] for s in summaries.values()])
-            for m in TABLE2_MEASURES
-        }
-        for method in LABELS
-    }
-    diffs = {
-        key: {
-            m: across_seeds([s["paired_tests"][key][m]["difference"] for s in summaries.values()])
-            for m in TABLE2_MEASURES
-        }
-        for key in next(iter(summaries.values()))["paired_tests"]
-    }
-    return {"rates": rates, "differences": diffs}
+    return aggregate_tree({s: measures(x) for s, x in summaries.items()})
 
 
 def render(result: dict[str, Any]) -> str:
@@ -144,6 +121,16 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _keep(summary: dict[str, Any]) -> dict[str, Any]:
+    """What of a seed's summary goes into seeds.json (per-image outcomes stay in its summary)."""
+    keep = ("rows", "paired_tests", "chosen", "targets_met", "timings_s")
+    out = {k: summary[k] for k in keep}
+    out["rows"] = {
+        m: {k: v for k, v in row.items() if k != "outcomes"} for m, row in out["rows"].items()
+    }
+    return out
+
+
 def run_vision_seeds(
     preset: str | VisionDemoConfig,
     seeds: Sequence[int],
@@ -155,28 +142,20 @@ def run_vision_seeds(
     command: str = "",
 ) -> dict[str, Any]:
     """Run the vision demo once per seed under OUT/seed-<s>/ and aggregate (see module doc)."""
-    log = log or (lambda m: None)
     config = demo_config(preset) if isinstance(preset, str) else preset
-    summaries = {}
-    for s in seeds:
-        log(f"=== seed {s}")
-        summaries[s] = run_vision_demo(
-            seeded(config, s), os.path.join(out, f"seed-{s}"), mesh, rules, retrain, log
-        )
-    keep = ("rows", "paired_tests", "chosen", "targets_met", "timings_s")
-    result = {
-        "preset": config.name,
-        "seeds": list(seeds),
-        "seed_fields": list(SEED_FIELDS),
-        "command": command,
-        "aggregate": aggregate(summaries),
-        "per_seed": {str(s): {k: v[k] for k in keep} for s, v in summaries.items()},
-        "manifest": run_manifest({"seeds": list(seeds)}),
-    }
-    for x in result["per_seed"].values():  # per-image outcomes stay in each seed's summary
-        for row in x["rows"].values():
-            row.pop("outcomes", None)
-    write_json_atomic(os.path.join(out, "seeds.json"), result)
-    write_text_atomic(os.path.join(out, "seeds.md"), render(result))
-    log(render(result))
+    result = run_seeds(
+        seeds,
+        lambda s, directory: run_vision_demo(
+            seeded(config, s), directory, mesh, rules, retrain, log
+        ),
+        measures,
+        out,
+        experiment=f"vision demo ({config.name})",
+        seed_fields=SEED_FIELDS,
+        render=render,
+        keep=_keep,
+        command=command,
+        extra={"preset": config.name},
+        log=log,
+    )
     return result
