@@ -36,7 +36,17 @@ from kfac_mem.sharding import logical_to_sharding, make_mesh
 from models import DecoderConfig, LanguageModel, init_params
 
 BENCH = DecoderConfig(
-    "olmo2", 16384, 512, 1536, 8, 8, 8, 64, 10000.0, 1e-6, max_position_embeddings=1024
+    family="olmo2",
+    vocab_size=16384,
+    hidden_size=512,
+    intermediate_size=1536,
+    num_layers=8,
+    num_heads=8,
+    num_kv_heads=8,
+    head_dim=64,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=1024,
 )
 
 

@@ -15,7 +15,7 @@ the compiler refuses a program for exceeding HBM, its message is recorded instea
 v5e 16 GiB, v5p 95 GiB, v6e 32 GiB (cloud.google.com/tpu/docs/system-architecture-tpu-vm); the
 figure the compiler itself enforces is quoted from its messages where one appears.
 
-Shapes: `models.config.olmo2_7b` / `olmo2_1b` (the published HF configs: 7B hidden 4096,
+Shapes: `DecoderConfig.olmo2_7b` / `olmo2_1b` (the published HF configs: 7B hidden 4096,
 intermediate 11008, 32 layers, 32 heads, vocab 100352; OLMo-2-0425-1B hidden 2048, intermediate
 8192, 16 layers, 16 heads, vocab 100352), random (abstract) weights: nothing is allocated.
 """
@@ -45,7 +45,7 @@ from kfac_mem.collection.reduce import choose_reduce, compile_step
 from kfac_mem.collection.sites import select_sites
 from kfac_mem.sharding import load_mesh_config, logical_to_sharding
 from models import LanguageModel
-from models.config import olmo2_1b, olmo2_7b
+from models.config import DecoderConfig
 from models.language_model import abstract_params
 from models.partitioning import tree_shardings
 
@@ -86,9 +86,8 @@ def abstract_model(config, devices) -> LanguageModel:
 
 
 def measure(row: Row, seq: int, phases=("before", "after"), after_reduce: str = "auto") -> dict:
-    config = (olmo2_7b if row.model == "7b" else olmo2_1b)().replace(
-        dtype="bfloat16", param_dtype="bfloat16"
-    )
+    preset = DecoderConfig.olmo2_7b if row.model == "7b" else DecoderConfig.olmo2_1b
+    config = preset().replace(dtype="bfloat16", param_dtype="bfloat16")
     topo = TOPOLOGY[row.slice]
     devices = list(topologies.get_topology_desc(platform="tpu", topology_name=topo).devices)
     hbm = HBM[row.slice.split("-")[0]]
@@ -172,7 +171,7 @@ def write_md(rows: list[dict], path: str, argv: list[str]) -> None:
         f"Machine: {platform.machine()} CPU container ({os.cpu_count()} cores), jax {jax.__version__}, "
         f"libtpu compile-only devices; date {time.strftime('%Y-%m-%d', time.gmtime())}.  ",
         "Sequence 512, sampled labels, bf16 weights and activations, float32 sums, `fsdp` mesh. "
-        "Shapes from `models.config.olmo2_7b` / `olmo2_1b` (published HF configs). "
+        "Shapes from `DecoderConfig.olmo2_7b` / `olmo2_1b` (published HF configs). "
         "Per-device bytes: XLA memory analysis, arguments + outputs + temps + code − donated; "
         "HBM per chip: v5e 16 GiB, v5p 95 GiB, v6e 32 GiB.",
         "",

@@ -1,7 +1,7 @@
 """`export_model`: any loaded model -> an HF checkpoint directory that transformers loads.
 
-One writer of HF exports for every command (`kfac-mem export`, `edit --export-hf`, `baseline
---export-hf`, `sweep --export-hf`): the weights are checked finite, the directory is claimed as an
+One writer of HF exports for every command (`kfac-mem export`; `kfac-mem edit`, `baseline` and
+`sweep` with `kfac-mem ... --export-hf`): the weights are checked finite, the directory is claimed as an
 HF export (`kfac_mem.rundir`, kind "hf-export"), and it receives `config.json` +
 `model.safetensors` (`models.export_hf`, or `models.export_vit_hf` for a ViT classifier),
 `tokenizer.json` when the model has a tokenizer, and `provenance.json` (docs/design.md §5.5).

@@ -42,7 +42,7 @@ KINDS = {
     "factors": "a factor run (`kfac-mem collect` or `merge`)",
     "eigen": "an eigen run (`kfac-mem decompose`)",
     "model": "an edited model (`kfac-mem edit` / `baseline`)",
-    "hf-export": "an HF export (`kfac-mem export` / `--export-hf`)",
+    "hf-export": "an HF export (`models.export_hf`, `kfac-mem export`)",
     "evaluation": "an evaluation (`kfac-mem evaluate`)",
     "analysis": "an analysis (`kfac-mem analyze`)",
     "mined": "a mined set (`kfac-mem mine`)",

@@ -19,13 +19,21 @@ import optax
 import orbax.checkpoint as ocp
 
 from kfac_mem.sharding import logical_to_sharding
+from kfac_mem.validation import check_fields
 from models import axes
 
 Params = Any
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """Optimization settings, counted in steps: `warmup_steps` of linear warmup, then cosine decay
+    to `end_learning_rate_fraction`·`learning_rate` at `steps` (the schedule's fields share their
+    names with `kfac_mem.vision.train.TrainConfig`, counted in epochs)."""
+
     steps: int
     batch_size: int
     learning_rate: float = 1e-3
@@ -36,6 +44,16 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 50
     optimizer: str = "adamw"  # adamw | sgd
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            at_least_one=("steps", "batch_size", "checkpoint_every", "log_every"),
+            positive=("learning_rate", "grad_clip"),
+            non_negative=("warmup_steps", "weight_decay"),
+            fractions=("end_learning_rate_fraction",),
+            choices={"optimizer": OPTIMIZERS},
+        )
 
     def schedule(self) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(

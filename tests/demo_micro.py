@@ -34,10 +34,10 @@ SETS = ("memorized_train", "memorized_validation", "canaries")
 
 def micro_config(asset: str | None = ASSET):
     """The micro demo (see module doc); `asset=None` trains the model instead of loading it."""
-    from kfac_mem.demo.config import tiny
+    from kfac_mem.demo.config import DemoConfig
 
     return dataclasses.replace(
-        tiny(),
+        DemoConfig.tiny(),
         name="micro",
         asset=asset,
         model_overrides=(

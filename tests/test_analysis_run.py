@@ -368,13 +368,13 @@ def test_bad_input(olmo8, eigen_dir, data, run8, tmp_path):
             log=None,
             options=AnalyzeOptions(batch_size=4, progress=False),
         )
-    with pytest.raises(ValueError, match="--clean 'other'"):
+    with pytest.raises(ValueError, match="`clean` 'other'"):
         analyze(olmo8, eigen_dir, sets, out_dir=str(tmp_path / "c"), clean="other", log=None)
     with pytest.raises(FileExistsError, match="`overwrite`"):
         analyze(olmo8, eigen_dir, sets, out_dir=out, options=OPTIONS, log=None)
-    with pytest.raises(ValueError, match="--rho"):
+    with pytest.raises(ValueError, match="`rhos`"):
         AnalyzeOptions(rhos=(0.6, 1.5))
-    with pytest.raises(ValueError, match="--mode"):
+    with pytest.raises(ValueError, match="`mode`"):
         AnalyzeOptions(mode="gold")
     assert not os.path.exists(tmp_path / "a" / "report.json")
 

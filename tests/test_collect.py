@@ -228,7 +228,7 @@ def test_reduce_chosen_from_compiled_memory(olmo8):
     tight = choose_reduce(olmo8, sites, cfg, batch, 8, budget_bytes=roomy.cost.total_bytes - 1)
     assert tight.mode == "step" and "checkpoint needs" in tight.reason
     assert tight.cost.total_bytes < roomy.cost.total_bytes
-    with pytest.raises(ValueError, match=r"batch_size 8 does not fit.*--batch-size"):
+    with pytest.raises(ValueError, match=r"`batch_size` 8 does not fit.*smaller `batch_size`"):
         choose_reduce(olmo8, sites, cfg, batch, 8, budget_bytes=1024)
 
 

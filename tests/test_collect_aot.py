@@ -79,14 +79,14 @@ def check(config: DecoderConfig, batch: int, seq: int, tpu: bool, both: bool = T
 
 def _config(hidden, intermediate, layers, heads, vocab):
     return DecoderConfig(
-        "olmo2",
-        vocab,
-        hidden,
-        intermediate,
-        layers,
-        heads,
-        heads,
-        hidden // heads,
+        family="olmo2",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
         dtype="bfloat16",
         param_dtype="bfloat16",
         max_position_embeddings=1024,

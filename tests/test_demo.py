@@ -14,7 +14,9 @@ import pytest
 from kfac_mem import load_factors
 from kfac_mem.cli import main
 from kfac_mem.decomposition.store import load_eigen
-from kfac_mem.demo.config import tiny
+from kfac_mem.demo.config import DemoConfig
+from kfac_mem.demo.presets import DEMO_PRESETS, demo_config
+from kfac_mem.demo.report import demo_targets
 from models import load_pretrained
 from models.sites import get_path
 
@@ -47,7 +49,7 @@ def test_every_stage_wrote_its_artifacts(run_dir):
 
 def test_outputs_are_consistent(run_dir):
     s = json.load(open(os.path.join(run_dir, "summary.json")))
-    c = tiny()
+    c = DemoConfig.tiny()
     # Mined windows are recited by construction: the unedited model recites all of them greedily.
     mined = s["mined"]["memorized"]
     assert mined["train"] + mined["validation"] == mined["after_dedup"] <= mined["memorized"]
@@ -63,6 +65,14 @@ def test_outputs_are_consistent(run_dir):
         assert (math.isnan(r) and before == 0) or r == pytest.approx(after / before)
     assert s["chosen"]["rho"] in c.rhos and s["chosen"]["layers"] in [list(x) for x in c.layer_sets]
     assert s["all_targets_met"] == all(s["targets"].values())
+    assert s["targets"] == demo_targets(
+        c,
+        s["recitation_strict_before"],
+        s["recitation_strict_after"],
+        s["perplexity_before"],
+        s["perplexity_after"],
+        s["retention"],
+    )
     # Factors: the corpus the demo describes, one count per labelled position.
     factors = load_factors(os.path.join(run_dir, "factors"))
     assert (
@@ -89,3 +99,53 @@ def test_edited_checkpoint_is_the_chosen_edit(run_dir):
         a = np.asarray(get_path(edited.params, site.kernel_path))
         b = np.asarray(get_path(original.params, site.kernel_path))
         assert np.array_equal(a, b) == (site.id not in chosen), site.id
+
+
+def test_one_registry_of_demo_presets(capsys):
+    """`kfac-mem demo --preset` takes exactly the registered names, and its help lists each with
+    its one-line description; each preset builds its experiment's config, named as registered."""
+    from kfac_mem.demo.smollm2 import SmolDemoConfig
+    from kfac_mem.vision.demo import VisionDemoConfig
+
+    kinds = {"language": DemoConfig, "smollm2": SmolDemoConfig, "vision": VisionDemoConfig}
+    assert {"default", "tiny", "smollm2", "vit-digits", "vit-fashion-mnist"} <= set(DEMO_PRESETS)
+    for name, preset in DEMO_PRESETS.items():
+        config = demo_config(name)
+        assert isinstance(config, kinds[preset.experiment]) and config == preset.config()
+        assert getattr(config, "name", name) == name
+        assert preset.multi_seed == (preset.experiment != "smollm2")
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for preset in DEMO_PRESETS.values():
+        assert f"{preset.name} {' '.join(preset.description.split())}" in help_text
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--preset", "nonexistent"])
+    assert exit_info.value.code == 2
+
+
+def test_demo_targets_come_from_the_config():
+    """The report's targets are the config's thresholds, the same numbers the choice rule uses."""
+    c = DemoConfig()
+    kept = {"open_book": 0.95, "logic": 1.0}
+    met = demo_targets(c, 0.95, 0.05, 50.0, 60.0, kept)
+    assert list(met) == [
+        "strict_before_at_least_90pct",
+        "strict_after_at_most_10pct",
+        "perplexity_increase_at_most_30pct",
+        "open_book_retention_at_least_90pct",
+        "logic_retention_at_least_90pct",
+    ]
+    assert all(met.values())
+    limits = {lim.metric: lim for lim in c.choice_rule().limits}
+    assert limits["ppl_ratio"].hi == 1 + c.max_ppl_increase
+    assert limits["retention.logic"].lo == c.min_retention
+    strict = DemoConfig(max_ppl_increase=0.1, min_retention=0.99, max_recitation_after=0.01)
+    met = demo_targets(strict, 0.95, 0.05, 50.0, 60.0, kept)
+    assert met == {
+        "strict_before_at_least_90pct": True,
+        "strict_after_at_most_1pct": False,
+        "perplexity_increase_at_most_10pct": False,
+        "open_book_retention_at_least_99pct": False,
+        "logic_retention_at_least_99pct": True,
+    }

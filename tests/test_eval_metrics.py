@@ -230,7 +230,7 @@ def test_text_windows_from_files(tmp_path, tiny):
     arr = tmp_path / "w.npy"
     np.save(arr, np.zeros((4, 5), np.int64))
     assert windows_from_sources([str(arr)], None, 5, None).shape == (4, 5)
-    with pytest.raises(ValueError, match="pass --window 5"):
+    with pytest.raises(ValueError, match="pass `length` 5"):
         windows_from_sources([str(arr)], None, 6, None)
     np.save(arr, np.full((2, 5), 300))
     with pytest.raises(ValueError, match="vocabulary"):

@@ -167,7 +167,7 @@ def test_indivisible_parameter_raises_naming_it_and_replicates_only_when_allowed
     assert "`model.embed_tokens.embedding`" in msg or "`lm_head.kernel`" in msg, msg
     for part in ("logical axis `vocab`", "size 255", "mesh axis `tensor` (size 2)", "Fix:"):
         assert part in msg, (part, msg)
-    assert "--mesh-axis tensor=1" in msg and "replicate_indivisible: true" in msg
+    assert "`sizes` tensor=1" in msg and "replicate_indivisible: true" in msg
     allowed = load_mesh_config("fsdp_tp").with_sizes(tensor=2)
     allowed = dataclasses.replace(
         allowed, rules=(*allowed.rules, ("replicate_indivisible", "allow"))

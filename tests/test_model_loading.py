@@ -363,3 +363,32 @@ def test_incomplete_orbax_checkpoint_refused(exported, tmp_path):
         r"model_config\.json.*Save the model again",
     ):
         models.load_pretrained(directory)
+
+
+def test_one_registry_of_keyword_preset_constructors():
+    """Every model preset is a classmethod of its config that spells its values by keyword; the one
+    registry gives decoders and ViTs to `load_pretrained`; configs refuse bad fields by name."""
+    kinds = {models.DecoderConfig: 0, models.ViTConfig: 0}
+    for name, make in models.PRESETS.items():
+        config = make()
+        assert type(config) is make.__self__, name  # a classmethod of that config
+        kinds[type(config)] += 1
+        assert config == make() and config is not make()
+        assert type(config).from_dict(config.to_dict()) == config, name
+        assert models.preset_config(name) == config
+    assert kinds[models.DecoderConfig] >= 9 and kinds[models.ViTConfig] >= 4
+    assert set(models.PRESET_DESCRIPTIONS) == set(models.PRESETS)  # one line on what each loads
+    assert all("\n" not in d and d for d in models.PRESET_DESCRIPTIONS.values())
+    with pytest.raises(TypeError):  # keyword-only: no positional dimensions
+        models.DecoderConfig("olmo2", 256, 64, 128, 2, 4, 2, 16)
+    with pytest.raises(ValueError, match=r"`num_layers` must be >= 1, got 0"):
+        models.DecoderConfig.tiny_olmo2().replace(num_layers=0)
+    with pytest.raises(ValueError, match=r"`patch_size` must be >= 1, got 0"):
+        models.ViTConfig.vit_tiny_test().replace(patch_size=0)
+    with pytest.raises(ValueError, match=r"Unknown DecoderConfig preset 'vit-digits'.*tiny-olmo2"):
+        models.get_config("vit-digits")
+    vit = models.load_pretrained("vit-tiny-test", seed=3)
+    assert isinstance(vit, models.VisionModel) and vit.source == "preset:vit-tiny-test:seed3"
+    same = models.init_vision_model("vit-tiny-test", seed=3)
+    for a, b in zip(jax.tree_util.tree_leaves(vit.params), jax.tree_util.tree_leaves(same.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

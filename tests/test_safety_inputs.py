@@ -3,6 +3,8 @@ every user error into one line naming a flag that exists (exit 2), Ctrl-C into a
 (exit 130)."""
 
 import argparse
+import ast
+import dataclasses
 import os
 import re
 import signal
@@ -243,3 +245,250 @@ def test_every_flag_a_message_names_exists():
     msg = flag_message("`out_dir` /x: pass `overwrite`; `paths` bad; `mystery`", "collect", ns)
     assert msg == "--out /x: pass --overwrite; --data bad; `mystery`"
     assert flag_message("`paths` /r is incomplete", "merge") == "RUN /r is incomplete"
+
+
+# --- the library speaks in arguments, the CLI in flags -------------------------------------------
+
+# Other programs' flags a message may name (pip, XLA, git), removed before looking for ours.
+_OTHER_PROGRAMS = re.compile(r"pip install [^`'\"\n]*|XLA_FLAGS=[^`'\"\n ]*")
+_LINE_STYLE = re.compile(r"--[a-z]")  # a matplotlib format string ("--s": dashed, squares)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string nodes that are module, class or function docstrings."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                out.add(id(body[0].value))
+    return out
+
+
+def _string_literals(tree: ast.AST):
+    """(node, text) of every string literal; an f-string is one literal ({} for its values), the
+    argv of a `git` subprocess is skipped."""
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.List | ast.Tuple) and node.elts:
+            first = node.elts[0]
+            if isinstance(first, ast.Constant) and first.value == "git":
+                skip |= {id(e) for e in node.elts}
+        if isinstance(node, ast.JoinedStr):
+            skip |= {id(v) for v in node.values}
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node, node.value
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            yield node, text
+
+
+def test_library_messages_name_arguments_not_flags():
+    """No string literal outside kfac_mem/cli/ names a `--flag`: errors, hints, skip reasons and
+    report text name function arguments (in backticks), which the CLI maps to its flags
+    (`ARGUMENT_FLAGS`, `flag_message`). Two kinds of literal may show a flag, because they document
+    the command line rather than speak to a caller: a docstring that names the `kfac-mem` command
+    the flag belongs to, and a recorded command line (a literal that starts with "kfac-mem ", such
+    as the demo model's provenance)."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    files = [
+        os.path.join(r, f)
+        for top in ("kfac_mem", "models")
+        for r, _, fs in os.walk(os.path.join(root, top))
+        for f in fs
+        if f.endswith(".py") and os.sep + "cli" + os.sep not in os.path.relpath(r, root) + os.sep
+    ]
+    assert len(files) > 100
+    offenders = []
+    for path in files:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        docs = _docstrings(tree)
+        for node, text in _string_literals(tree):
+            flags = _flags_in(_OTHER_PROGRAMS.sub("", text))
+            if not flags or text.startswith("kfac-mem ") or _LINE_STYLE.fullmatch(text):
+                continue
+            if id(node) in docs:
+                # each flag must follow a `kfac-mem CMD` on the same line
+                bad = [
+                    line
+                    for line in text.splitlines()
+                    if _flags_in(_OTHER_PROGRAMS.sub("", line)) and "kfac-mem " not in line
+                ]
+                if not bad:
+                    continue
+                flags = _flags_in(" ".join(bad))
+            where = f"{os.path.relpath(path, root)}:{node.lineno}"
+            offenders.append(f"{where}: {sorted(flags)}")
+    assert not offenders, offenders
+
+
+def test_a_library_error_names_the_argument_and_the_cli_the_flag(tmp_path, capsys):
+    """The same three errors, raised from Python and through the CLI: a collection batch size, an
+    edit plan, a mesh axis size."""
+    from kfac_mem.collection.config import CollectConfig
+    from kfac_mem.editing import plan_from_json
+    from kfac_mem.sharding import make_mesh
+    from models import load_pretrained
+
+    with pytest.raises(ValueError, match=r"^`batch_size` must be >= 1, got 0\.$"):
+        CollectConfig(batch_size=0)
+    sites = load_pretrained("tiny-olmo2").linear_sites()
+    with pytest.raises(ValueError, match=r"^`text` is not valid JSON"):
+        plan_from_json("{", sites)
+    with pytest.raises(ValueError, match=r"Change the axis sizes with `sizes` \(e\.g\. tensor=1\)"):
+        make_mesh("fsdp_tp", tensor=3)
+
+    data = tmp_path / "ok.npy"
+    np.save(data, np.ones((8, 8), np.int32))
+    collect = ["collect", "--model", "tiny-olmo2", "--data", str(data), "--no-progress"]
+    cases = [  # (argv, what the message says, the library argument it must not name)
+        (
+            [*collect, "--out", str(tmp_path / "a"), "--batch-size", "0"],
+            "kfac-mem collect: error: --batch-size must be >= 1, got 0.",
+            "`batch_size`",
+        ),
+        (
+            ["edit", "--model", "tiny-olmo2", "--method", "svd", "--layers-json", "{"],
+            "kfac-mem edit: error: --layers-json is not valid JSON",
+            "`text`",
+        ),
+        (
+            [
+                *collect,
+                "--out",
+                str(tmp_path / "b"),
+                "--mesh",
+                "fsdp_tp",
+                "--mesh-axis",
+                "tensor=3",
+            ],
+            "Change the axis sizes with --mesh-axis (e.g. tensor=1)",
+            "`sizes`",
+        ),
+    ]
+    for i, (argv, expected, argument) in enumerate(cases):
+        if argv[0] == "edit":
+            argv = [*argv, "--out", str(tmp_path / f"edit{i}")]
+        rc, msg = run_cli(argv, capsys)
+        assert rc == 2 and expected in msg and argument not in msg, msg
+
+
+def test_the_cli_maps_destinations_and_leaves_quoted_values():
+    """A library argument becomes the flag whose destination it is (`sets` -> --set, not --sets);
+    a name a message gives as a value (a set, a field, a mesh axis) is left as it is."""
+    msg = "`sets` entry clean=x; Set `clean` (x): bad; `clean` 'y'; mesh axis `data`; `rhos`"
+    assert flag_message(msg, "analyze") == (
+        "--set entry clean=x; Set `clean` (x): bad; --clean 'y'; mesh axis `data`; --rho"
+    )
+    assert flag_message("field `text`; `paths` `length`", "evaluate") == (
+        "field `text`; --text --window"
+    )
+
+
+def _config_cases():
+    from kfac_mem.demo.config import DemoConfig
+    from kfac_mem.demo.mixture import MixtureConfig
+    from kfac_mem.demo.smollm2 import SmolDemoConfig
+    from kfac_mem.editing import EditOptions
+    from kfac_mem.training import TrainConfig
+    from kfac_mem.vision.demo import VisionDemoConfig
+    from kfac_mem.vision.train import TrainConfig as VisionTrainConfig
+
+    vision = VisionDemoConfig.vit_tiny()
+    return [
+        (EditOptions, {"method": "sgd"}, "method"),
+        (EditOptions, {"eigenvalues": "exact"}, "eigenvalues"),
+        (EditOptions, {"precision": "float16"}, "precision"),
+        (EditOptions, {"seed": 0.5}, "seed"),
+        (DemoConfig, {"rhos": (0.6, 1.5)}, "rhos"),
+        (DemoConfig, {"svd_drops": (1.0,)}, "svd_drops"),
+        (DemoConfig, {"factor_mode": "gold"}, "factor_mode"),
+        (DemoConfig, {"protected_groups": ("poetry",)}, "protected_groups"),
+        (DemoConfig, {"train_batch": 0}, "train_batch"),
+        (DemoConfig, {"max_recitation_after": 1.5}, "max_recitation_after"),
+        (MixtureConfig, {"prefix_len": 100}, "prefix_len"),
+        (MixtureConfig, {"memorized_rate": -0.1}, "memorized_rate"),
+        (SmolDemoConfig, {"rhos": (0.0,)}, "rhos"),
+        (SmolDemoConfig, {"finetune_steps": 0}, "finetune_steps"),
+        (lambda **kw: dataclasses.replace(vision, **kw), {"noise_fraction": 2.0}, "noise_fraction"),
+        (lambda **kw: dataclasses.replace(vision, **kw), {"n_train": 0}, "n_train"),
+        (
+            lambda **kw: TrainConfig(steps=10, batch_size=2, **kw),
+            {"optimizer": "adam"},
+            "optimizer",
+        ),
+        (TrainConfig, {"steps": 0, "batch_size": 2}, "steps"),
+        (VisionTrainConfig, {"learning_rate": 0.0}, "learning_rate"),
+        (VisionTrainConfig, {"end_learning_rate_fraction": 2.0}, "end_learning_rate_fraction"),
+    ]
+
+
+def test_configs_refuse_bad_fields_on_construction_naming_them():
+    """Every config dataclass checks its fields in `__post_init__`, so a bad value fails where it
+    is written, with the field's name (which the CLI turns into the flag)."""
+    for make, bad, field in _config_cases():
+        with pytest.raises(ValueError, match=rf"^`{field}`"):
+            make(**bad)
+    # The two training configs name the schedule's shared fields alike (steps vs. epochs aside).
+    from kfac_mem.training import TrainConfig
+    from kfac_mem.vision.train import TrainConfig as VisionTrainConfig
+
+    lm = {f.name for f in dataclasses.fields(TrainConfig)}
+    vision = {f.name for f in dataclasses.fields(VisionTrainConfig)}
+    assert {"learning_rate", "weight_decay", "end_learning_rate_fraction", "grad_clip"} <= (
+        lm & vision
+    )
+
+
+def test_cli_defaults_are_the_library_defaults():
+    """The CLI reads its defaults from the dataclasses it fills instead of retyping them."""
+    from kfac_mem.analysis import AnalyzeOptions
+    from kfac_mem.collection.config import CollectConfig
+    from kfac_mem.editing import EditOptions
+    from kfac_mem.evaluation.mining import MiningConfig
+
+    p = build_parser()
+    base = ["--model", "m", "--out", "o"]
+    collect = p.parse_args(["collect", *base, "--data", "d"])
+    c = CollectConfig()
+    assert (collect.mode, collect.seed, collect.batch_size, collect.accumulate) == (
+        c.mode,
+        c.seed,
+        c.batch_size,
+        c.accumulate_dtype,
+    )
+    assert (collect.vocab_chunk, collect.save_every, collect.reduce, collect.step_scheme) == (
+        c.vocab_chunk,
+        c.save_every,
+        c.reduce,
+        c.scheme,
+    )
+    analyze = p.parse_args(["analyze", *base, "--eigen", "e", "--set", "a=b"])
+    a = AnalyzeOptions()
+    assert (analyze.mode, analyze.top_k, analyze.batch_size, analyze.positions) == (
+        a.mode,
+        a.top_k,
+        a.batch_size,
+        a.positions,
+    )
+    assert tuple(float(x) for x in analyze.rho.split(",")) == a.rhos
+    assert (analyze.chunk_mb << 20, analyze.ablation, analyze.eval_batch_size) == (
+        a.chunk_bytes,
+        a.ablation,
+        a.eval_batch_size,
+    )
+    edit = p.parse_args(["edit", *base, "--layers-json", "{}"])
+    e = EditOptions()
+    assert (edit.method, edit.eigenvalues, edit.precision, edit.seed) == (
+        e.method,
+        e.eigenvalues,
+        e.precision,
+        e.seed,
+    )
+    mine = p.parse_args(["mine", *base, "--corpus", "c"])
+    m = MiningConfig()
+    for field in dataclasses.fields(MiningConfig):
+        assert getattr(mine, field.name) == getattr(m, field.name), field.name

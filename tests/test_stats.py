@@ -114,16 +114,18 @@ def test_run_manifest_records_versions_devices_seeds_and_commit(tmp_path):
 
 
 def test_vision_seed_list_and_aggregate():
-    from kfac_mem.vision.demo import vit_tiny
+    from kfac_mem.vision.demo import VisionDemoConfig
     from kfac_mem.vision.seeds import aggregate, parse_seeds, render, seeded
 
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds("0-1,7") == [0, 1, 7]
     for bad in ("4-0", "a", "1,1", ""):
         with pytest.raises(ValueError, match="seeds"):
             parse_seeds(bad)
-    c = seeded(vit_tiny(), 3)
+    c = seeded(VisionDemoConfig.vit_tiny(), 3)
     assert (c.noise_seed, c.model_seed, c.split_seed, c.factor_seed) == (3, 3, 3, 3)
-    assert c.data_seed == vit_tiny().data_seed  # same validation images for every seed
+    assert (
+        c.data_seed == VisionDemoConfig.vit_tiny().data_seed
+    )  # same validation images for every seed
 
     def summary(mem_after):
         rates = {"noisy_label_memorized": 0.6, "true_label_recovered": 0.3, "val_accuracy": 0.9}

@@ -113,12 +113,12 @@ def test_image_collect_resumes_and_refuses_other_images(vit8, tmp_path):
 
 
 def test_tiny_vision_demo_end_to_end(mesh8, tmp_path):
-    from kfac_mem.vision.demo import run_vision_demo, vit_tiny
+    from kfac_mem.vision.demo import VisionDemoConfig, run_vision_demo
     from models import load_pretrained
     from models.checkpoint import read_model_info
 
     out = tmp_path / "demo"
-    s = run_vision_demo(vit_tiny(), str(out), *mesh8)
+    s = run_vision_demo(VisionDemoConfig.vit_tiny(), str(out), *mesh8)
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["noisy_label_memorized_after"] == s["noisy_label_memorized_after"]
     for key in (

@@ -67,16 +67,16 @@ class ToyConfig:
 
     def decoder(self) -> DecoderConfig:
         return DecoderConfig(
-            "olmo2",
-            self.vocab,
-            self.hidden,
-            self.intermediate,
-            self.layers,
-            4,
-            2,
-            self.hidden // 4,
-            10000.0,
-            1e-6,
+            family="olmo2",
+            vocab_size=self.vocab,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_layers=self.layers,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=self.hidden // 4,
+            rope_theta=10000.0,
+            rms_norm_eps=1e-6,
             max_position_embeddings=128,
         )
 

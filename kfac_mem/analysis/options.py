@@ -31,8 +31,8 @@ class AnalyzeOptions:
       chunk_bytes: per-device budget for one block of Γ̃ rows.
       vocab_chunk: vocabulary chunk of the head's loss gradient.
       svd: also measure activation band strengths in the SVD basis of each weight.
-      ekfac: save EK-FAC corrected eigenvalues into the eigen run (used by
-        `kfac-mem edit --eigenvalues ekfac`).
+      ekfac: compute EK-FAC corrected eigenvalues and save them under the output directory
+        (`EigenRun.use_corrected` reads them; `kfac-mem edit --eigenvalues ekfac --ekfac DIR`).
       ekfac_sets: sets the EK-FAC eigenvalues are averaged over (default: the clean set if given,
         else every set).
       ablation: "joint" (remove a band from all analyzed layers at once), "per_layer" or "none".
@@ -67,11 +67,11 @@ class AnalyzeOptions:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}.")
+            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}.")
         if self.positions not in POSITIONS:
-            raise ValueError(f"--positions must be one of {POSITIONS}, got {self.positions!r}.")
+            raise ValueError(f"`positions` must be one of {POSITIONS}, got {self.positions!r}.")
         if self.ablation not in SCOPES:
-            raise ValueError(f"--ablation must be one of {SCOPES}, got {self.ablation!r}.")
+            raise ValueError(f"`ablation` must be one of {SCOPES}, got {self.ablation!r}.")
         for name in ("batch_size", "top_k", "chunk_bytes", "vocab_chunk", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
@@ -81,7 +81,7 @@ class AnalyzeOptions:
                 raise ValueError(f"`{name}` must be positive (seq_len >= 2), got {v}.")
         for rho in self.rhos:
             if not (isinstance(rho, int | float) and math.isfinite(rho) and 0 < rho <= 1):
-                raise ValueError(f"--rho values must lie in (0, 1], got {rho!r}.")
+                raise ValueError(f"`rhos` values must lie in (0, 1], got {rho!r}.")
         object.__setattr__(self, "bands", check_bands(self.bands))
         object.__setattr__(self, "rhos", tuple(float(r) for r in self.rhos))
         if self.ekfac_sets is not None:

@@ -58,7 +58,7 @@ def resolve_sites(model, eigen: EigenRun, site_ids: Sequence[str] | None) -> lis
     if missing:
         raise ValueError(
             f"Layers {missing} have no eigenbasis in {eigen.directory}; it has "
-            f"{sorted(eigen.sites)}. Collect and decompose them first, or drop them from --layers."
+            f"{sorted(eigen.sites)}. Collect and decompose them first, or drop them from `site_ids`."
         )
     for sid in site_ids:
         theirs, ours = eigen.sites[sid], by_id[sid]
@@ -133,36 +133,9 @@ def analyze(
     timing: dict[str, float] = {}
     if isinstance(eigen, str | os.PathLike):
         eigen = load_eigen(os.fspath(eigen))
-    if model.mesh is None:
-        raise ValueError("`model` must be placed on a mesh (load it with mesh=..., rules=...).")
-    example_sets = resolve_sets(
-        sets,
-        getattr(model, "tokenizer", None),
-        model.config.vocab_size,
-        options.positions,
-        options.seq_len,
-        options.max_examples,
-        eos_id=getattr(model.config, "eos_token_id", None),
+    example_sets, clean, ekfac_sets, sites = _checked_inputs(
+        model, eigen, sets, clean, options, site_ids
     )
-    # One compiled shape per length bucket, not per set (padding changes no per-example number).
-    example_sets = {n: s.padded_to(length_bucket(s.seq_len)) for n, s in example_sets.items()}
-    if clean is None and "clean" in example_sets:
-        clean = "clean"
-    if clean is not None and clean not in example_sets:
-        raise ValueError(f"--clean {clean!r} is not one of the sets {sorted(example_sets)}.")
-    # EK-FAC eigenvalues come from the clean set unless sets are named: a memorized or task set
-    # enters them only when asked for by name (`options.ekfac_sets`).
-    ekfac_sets = options.ekfac_sets or ((clean,) if clean else ())
-    unknown = [s for s in ekfac_sets if s not in example_sets]
-    if unknown:
-        raise ValueError(f"`ekfac_sets` {unknown} are not among the sets {sorted(example_sets)}.")
-    sites = resolve_sites(model, eigen, site_ids)
-    n_data = data_parallel(model)
-    if options.batch_size % n_data:
-        raise ValueError(
-            f"--batch-size {options.batch_size} must be a multiple of the {n_data} devices the "
-            f"batch is split over (mesh {dict(model.mesh.shape)})."
-        )
     out_dir = os.path.abspath(out_dir)
     # `out_dir` must be new, empty or an analysis (replaced only with `options.overwrite`) and not
     # an input; it is locked for the run (`kfac_mem.rundir`).
@@ -190,7 +163,7 @@ def analyze(
         timing["per_example_seconds"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        set_fingerprints = {
+        fingerprints = {
             n: array_fingerprint(np.asarray(example_sets[n].tokens)) for n in ekfac_sets
         }
         ekfac_report = _ekfac(
@@ -203,66 +176,18 @@ def analyze(
             ekfac_sets,
             options,
             out_dir,
-            set_fingerprints,
+            fingerprints,
         )
         timing["ekfac_seconds"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        baseline, baseline_per_example = {}, {}
-        for name, s in example_sets.items():
-            baseline[name], per_ex = set_loss(model, model.params, s, options.eval_batch_size)
-            baseline_per_example[name] = per_ex
-            writer.create(
-                f"{name}/nll",
-                (len(s),),
-                np.float32,
-                options.batch_size,
-                "mean CE per example (nats, gold labels)",
-            )
-            for start in range(0, len(s), options.batch_size):
-                writer.write(f"{name}/nll", start, per_ex[start : start + options.batch_size])
-        ablation_rows = band_ablation(
-            model,
-            eigen,
-            [s.id for s in sites],
-            example_sets,
-            options.bands,
-            baseline,
-            options.ablation,
-            options.ablation_control,
-            options.seed,
-            options.eval_batch_size,
-            say,
-            baseline_per_example,
+        baseline, ablation_rows = _losses_and_ablation(
+            model, eigen, sites, example_sets, options, writer, say
         )
         timing["ablation_seconds"] = time.perf_counter() - t0
-        writer.finalize(
-            {
-                "layers": [s.id for s in sites],
-                "sets": list(example_sets),
-                "bands": [b[0] for b in options.bands],
-                "bases": result.bases,
-                "top_index": "flat component index i*d_in + j into the eigen run's (descending) "
-                "eigenvectors: i indexes U_G columns, j indexes U_A columns",
-            }
-        )
+        writer.finalize(_arrays_index(sites, example_sets, options, result.bases))
         report = {
-            "format": FORMAT,
-            "model": {"source": getattr(model, "source", ""), "fingerprint": model.fingerprint()},
-            "eigen": {
-                "path": eigen.directory,
-                "model_fingerprint": eigen.model_fingerprint,
-                "factor_mode": (eigen.factor_run or {}).get("mode"),
-                "factor_tokens": (eigen.factor_run or {}).get("n_tokens"),
-            },
-            "options": _options_json(options),
-            "clean": clean,
-            "layers": [s.id for s in sites],
-            "bands": [{"band": n, "lo": lo, "hi": hi} for n, lo, hi in options.bands],
-            "bases": result.bases,
-            "sets": {name: s.describe() for name, s in example_sets.items()},
-            "devices": {"count": jax.device_count(), "mesh": dict(model.mesh.shape)},
-            "manifest": run_manifest({"bootstrap": 0}),
+            **_identity(model, eigen, options, clean, sites, example_sets, result.bases),
             "warnings": warnings,
             "spectrum": spectra,
             "per_example": result.per_example,
@@ -286,6 +211,116 @@ def analyze(
         write_report(out_dir, report, spectra_arrays, figures=options.figures)
         say(f"analysis written to {out_dir}")
         return report
+
+
+def _checked_inputs(
+    model,
+    eigen: EigenRun,
+    sets: Mapping[str, Any],
+    clean: str | None,
+    options: AnalyzeOptions,
+    site_ids: Sequence[str] | None,
+) -> tuple[dict[str, Any], str | None, tuple[str, ...], list[LinearSite]]:
+    """(example sets, clean set name, EK-FAC sets, analyzed layers), every input checked (sets,
+    layers, batch size against the mesh) before anything is written."""
+    if model.mesh is None:
+        raise ValueError("`model` must be placed on a mesh (load it with mesh=..., rules=...).")
+    example_sets = resolve_sets(
+        sets,
+        getattr(model, "tokenizer", None),
+        model.config.vocab_size,
+        options.positions,
+        options.seq_len,
+        options.max_examples,
+        eos_id=getattr(model.config, "eos_token_id", None),
+    )
+    # One compiled shape per length bucket, not per set (padding changes no per-example number).
+    example_sets = {n: s.padded_to(length_bucket(s.seq_len)) for n, s in example_sets.items()}
+    if clean is None and "clean" in example_sets:
+        clean = "clean"
+    if clean is not None and clean not in example_sets:
+        raise ValueError(f"`clean` {clean!r} is not one of the sets {sorted(example_sets)}.")
+    # EK-FAC eigenvalues come from the clean set unless sets are named: a memorized or task set
+    # enters them only when asked for by name (`options.ekfac_sets`).
+    ekfac_sets = options.ekfac_sets or ((clean,) if clean else ())
+    unknown = [s for s in ekfac_sets if s not in example_sets]
+    if unknown:
+        raise ValueError(f"`ekfac_sets` {unknown} are not among the sets {sorted(example_sets)}.")
+    sites = resolve_sites(model, eigen, site_ids)
+    n_data = data_parallel(model)
+    if options.batch_size % n_data:
+        raise ValueError(
+            f"`batch_size` {options.batch_size} must be a multiple of the {n_data} devices the "
+            f"batch is split over (mesh {dict(model.mesh.shape)})."
+        )
+    return example_sets, clean, ekfac_sets, sites
+
+
+def _losses_and_ablation(model, eigen, sites, example_sets, options, writer, say):
+    """(baseline mean CE per set, band ablation rows); the per-example baseline CE goes into the
+    arrays (`<set>/nll`)."""
+    baseline, baseline_per_example = {}, {}
+    for name, s in example_sets.items():
+        baseline[name], per_ex = set_loss(model, model.params, s, options.eval_batch_size)
+        baseline_per_example[name] = per_ex
+        writer.create(
+            f"{name}/nll",
+            (len(s),),
+            np.float32,
+            options.batch_size,
+            "mean CE per example (nats, gold labels)",
+        )
+        for start in range(0, len(s), options.batch_size):
+            writer.write(f"{name}/nll", start, per_ex[start : start + options.batch_size])
+    rows = band_ablation(
+        model,
+        eigen,
+        [s.id for s in sites],
+        example_sets,
+        options.bands,
+        baseline,
+        options.ablation,
+        options.ablation_control,
+        options.seed,
+        options.eval_batch_size,
+        say,
+        baseline_per_example,
+    )
+    return baseline, rows
+
+
+def _arrays_index(sites, example_sets, options: AnalyzeOptions, bases) -> dict[str, Any]:
+    """What arrays/ holds: layers, sets, bands, bases and how to read a top-component index."""
+    return {
+        "layers": [s.id for s in sites],
+        "sets": list(example_sets),
+        "bands": [b[0] for b in options.bands],
+        "bases": bases,
+        "top_index": "flat component index i*d_in + j into the eigen run's (descending) "
+        "eigenvectors: i indexes U_G columns, j indexes U_A columns",
+    }
+
+
+def _identity(model, eigen, options, clean, sites, example_sets, bases) -> dict[str, Any]:
+    """The report's first keys: format, model, eigen run, options, sets, devices, manifest."""
+    return {
+        "format": FORMAT,
+        "model": {"source": getattr(model, "source", ""), "fingerprint": model.fingerprint()},
+        "eigen": {
+            "path": eigen.directory,
+            "model_fingerprint": eigen.model_fingerprint,
+            "factor_mode": (eigen.factor_run or {}).get("mode"),
+            "factor_tokens": (eigen.factor_run or {}).get("n_tokens"),
+        },
+        "options": _options_json(options),
+        "clean": clean,
+        "layers": [s.id for s in sites],
+        "bands": [{"band": n, "lo": lo, "hi": hi} for n, lo, hi in options.bands],
+        "bases": bases,
+        "sets": {name: s.describe() for name, s in example_sets.items()},
+        "devices": {"count": jax.device_count(), "mesh": dict(model.mesh.shape)},
+        "manifest": run_manifest({"bootstrap": 0}),
+    }
 
 
 def _population(model, eigen: EigenRun, sites: Sequence[LinearSite], options: AnalyzeOptions):

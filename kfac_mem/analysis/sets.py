@@ -262,7 +262,7 @@ def load_set(
 
     check_name(name)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--set {name}={path}: no such file or directory.")
+        raise FileNotFoundError(f"`sets` entry {name}={path}: no such file or directory.")
     if path.endswith((".jsonl", ".jsonl.gz")) and _is_window_jsonl(path):
         rows = read_memorized(path, vocab_size=vocab_size)
         return from_rows(name, rows, positions, vocab_size, os.path.abspath(path))
@@ -272,8 +272,8 @@ def load_set(
         )
     if tokenizer is None:
         raise ValueError(
-            f"--set {name}={path} is text, but the model has no tokenizer to cut it into windows; "
-            f"give token windows instead (a .npy [N, L] array or a jsonl from `kfac-mem mine`)."
+            f"`sets` entry {name}={path} is text, but the model has no tokenizer to cut it into "
+            f"windows; give token windows instead (a .npy [N, L] array or a jsonl of mined windows)."
         )
     windows = load_windows([path], seq_len, tokenizer, eos_id=eos_id)
     return from_tokens(name, windows.tokens, vocab_size, os.path.abspath(path), kind="text")
@@ -326,7 +326,7 @@ def resolve_sets(
     per-example sums over positions compare across sets; documents are joined with `eos_id`
     after each (the model's end-of-text id, or None; docs/design.md §2.10)."""
     if not sets:
-        raise ValueError("Give at least one example set (--set NAME=FILE).")
+        raise ValueError("Give at least one example set (`sets`).")
     text = {
         name
         for name, obj in sets.items()
@@ -353,5 +353,5 @@ def parse_set_flag(text: str) -> tuple[str, str]:
     """`NAME=FILE` -> (name, file)."""
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise ValueError(f"--set expects NAME=FILE (e.g. --set memorized=mem.jsonl), got {text!r}.")
+        raise ValueError(f"`sets` expects NAME=FILE (e.g. memorized=mem.jsonl), got {text!r}.")
     return check_name(name), path

@@ -108,7 +108,7 @@ class ArrayStore:
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{root}: no {INDEX}; these per-example arrays are missing or incomplete (the "
-                f"analyzer run was interrupted). Rerun `kfac-mem analyze` with this --out."
+                f"analyzer run was interrupted). Rerun the analysis with this `out_dir`."
             )
         with open(path) as f:
             meta = json.load(f)

@@ -26,7 +26,7 @@ def check_output_dir(out_dir: str) -> str:
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise FileExistsError(
             f"`out_dir` {out} exists and is not an empty directory; the audit writes only into a "
-            "new or empty directory: choose another --out."
+            "new or empty directory: choose another `out_dir`."
         )
     return out
 

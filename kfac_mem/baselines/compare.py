@@ -210,7 +210,7 @@ class _Comparison:
         t0 = time.perf_counter()
         if method == "bsn":
             if self.sets.retain is None:
-                raise ValueError("BSN needs clean retain windows (CompareSets.retain / --retain).")
+                raise ValueError("BSN needs clean retain windows (`retain` of the sets).")
             settings = [
                 {"projections": list(p), "loss_weight": w, "learning_rate": lr}
                 for p in self.o.bsn_projection_sets or (self.o.bsn.projections,)
@@ -221,7 +221,7 @@ class _Comparison:
             grid, knob_name = self.o.bsn_ratios, "ratio"
         else:
             if method == "kfac" and self.eigen is None:
-                raise ValueError("K-FAC needs an eigen run (`kfac-mem decompose`; --eigen).")
+                raise ValueError("K-FAC needs an eigen run (`eigen`).")
             cands = self.o.candidates or default_candidates(
                 self.model.config.num_layers,
                 None

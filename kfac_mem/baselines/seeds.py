@@ -2,9 +2,9 @@
 
 A seed replaces every seed of the comparison: BalancedSubnet's score initialization and forget /
 retain batch order (`BSNConfig.seed`) and the relearning stress test's batch order
-(`StressOptions.seed`); with one eigen run per seed (`eigen` a function of the seed; the CLI's
-`--eigen` with `{seed}` in it, each collected with `kfac-mem collect --seed S`), the sampled
-labels of the K-FAC factors too. The sets and the matching target are the same for every seed.
+(`StressOptions.seed`); with one eigen run per seed (`eigen` a function of the seed; on the
+command line `kfac-mem compare --eigen` with `{seed}` in it, each run from `kfac-mem collect --seed
+S`), the sampled labels of the K-FAC factors too. The sets and the matching target are the same for every seed.
 Aggregation is the project's one multi-seed mechanism (`kfac_mem.experiments.seeds`;
 docs/design.md §3).
 """
@@ -61,7 +61,7 @@ def _scale(path: tuple[str, ...]) -> float:
 def render(result: dict[str, Any]) -> str:
     intro = (
         f"Command: `{result['command']}`. Each seed reruns BalancedSubnet (score initialization, "
-        "batch order), the relearning stress test's batch order and, with `--eigen` per seed, "
+        "batch order), the relearning stress test's batch order and, with an eigen run per seed, "
         "K-FAC on that seed's factors; the sets and the perplexity target are the same. Mean over "
         "seeds with the Student-t 95% interval across seeds and the standard deviation; strict / "
         "loose recitation, `matched` and the paired differences of strict and loose in %."

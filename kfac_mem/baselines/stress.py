@@ -240,6 +240,6 @@ def stress_tests(
     }
     if options.relearn_steps > 0:
         if retain is None:
-            raise ValueError("The relearning test needs clean retain windows (--retain).")
+            raise ValueError("The relearning test needs clean retain windows (`retain`).")
         out["relearning"] = relearning(model, params, sets, text, retain, options)
     return out

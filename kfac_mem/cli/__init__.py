@@ -63,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Library argument name -> flag, per command ("*": every command). A backticked name that is not
-# listed but is an attribute of the parsed arguments becomes that flag (dashes for underscores).
+# Library argument name -> flag, per command ("*": every command), where the two names differ
+# and the flag's own destination does not say it. A backticked name that is not listed but is the
+# destination of one of the command's options becomes that option (`--set` for `sets`); failing
+# that, an attribute of the parsed arguments becomes that flag (dashes for underscores). A name
+# after a noun that says it is a value ("Set `clean`", "field `text`", "mesh axis `data`") is
+# left as it is.
 ARGUMENT_FLAGS: dict[str, dict[str, str]] = {
     "*": {
         "out_dir": "--out",
@@ -72,20 +76,62 @@ ARGUMENT_FLAGS: dict[str, dict[str, str]] = {
         "sizes": "--mesh-axis",
         "paths": "--data",
         "windows": "--data",
+        "accumulate_dtype": "--accumulate",  # named by decompose's overflow hint, too
     },
+    "collect": {"scheme": "--step-scheme"},
     "decompose": {"run": "--factors"},
+    "edit": {"text": "--layers-json", "path": "--layers-file"},
     "export": {"hf_dir": "--out"},
     "sweep": {"edit_dir": "--write-edit", "texts": "--text"},
-    "evaluate": {"paths": "--text", "texts": "--text"},
+    "evaluate": {"paths": "--text", "texts": "--text", "length": "--window"},
     "mine": {"paths": "--corpus"},
+    "analyze": {"rhos": "--rho", "site_ids": "--layers"},
     "merge": {"paths": "RUN"},  # the positional factor runs
 }
-_BACKTICKED = re.compile(r"`([a-z][a-z0-9_]*)(\[\d+\])?`")
+_VALUE_NOUNS = ("set", "field", "axis", "config", "task", "layer", "parameter", "factor", "key")
+_BACKTICKED = re.compile(
+    "".join(rf"(?<!{n} )(?<!{n.capitalize()} )" for n in _VALUE_NOUNS)
+    + r"`([a-z][a-z0-9_]*)(\[\d+\])?`"
+)
 
 
-def flag_message(message: str, command: str, args: argparse.Namespace | None = None) -> str:
-    """`message` with each backticked library argument name replaced by `command`'s flag."""
+def _option_flags(parser: argparse.ArgumentParser | None) -> dict[str, str]:
+    """Destination -> long flag of every option of `parser` and of its nested subcommands."""
+    out: dict[str, str] = {}
+    for action in parser._actions if parser is not None else ():
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out = {**_option_flags(sub), **out}
+            continue
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest not in ("help", "debug"):
+            out[action.dest] = longs[0]
+    return out
+
+
+def _command_parser(
+    command: str, top: argparse.ArgumentParser | None = None
+) -> argparse.ArgumentParser | None:
+    """The parser of subcommand `command` (of `top`, default a freshly built `build_parser()`)."""
+    for action in (top or build_parser())._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command)
+    return None
+
+
+def flag_message(
+    message: str,
+    command: str,
+    args: argparse.Namespace | None = None,
+    parser: argparse.ArgumentParser | None = None,
+) -> str:
+    """`message` with each backticked library argument name replaced by `command`'s flag.
+
+    `parser` is the command's parser (default: built from `SUBCOMMANDS`); its options' destinations
+    map to their flags, then `ARGUMENT_FLAGS` and the attributes of `args` fill in the rest.
+    """
     table = {**ARGUMENT_FLAGS["*"], **ARGUMENT_FLAGS.get(command, {})}
+    options = _option_flags(parser if parser is not None else _command_parser(command))
     names = {
         k
         for k, v in vars(args or argparse.Namespace()).items()
@@ -96,6 +142,8 @@ def flag_message(message: str, command: str, args: argparse.Namespace | None = N
         name = m.group(1)
         if name in table:
             return table[name]
+        if name in options:
+            return options[name]
         if name in names:
             return "--" + name.replace("_", "-")
         return m.group(0)
@@ -147,10 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         message = " ".join(str(message).split())  # one line
-        print(
-            f"kfac-mem {args.command}: error: {flag_message(message, args.command, args)}",
-            file=sys.stderr,
-        )
+        shown = flag_message(message, args.command, args, _command_parser(args.command, parser))
+        print(f"kfac-mem {args.command}: error: {shown}", file=sys.stderr)
         return 2
 
 

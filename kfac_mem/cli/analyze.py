@@ -32,6 +32,9 @@ from kfac_mem.cli.common import (
 
 
 def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
+    from kfac_mem.analysis.options import MODES, POSITIONS, SCOPES, AnalyzeOptions
+
+    d = AnalyzeOptions()  # the library's defaults, not retyped here
     p = subparsers.add_parser(
         name,
         help="sharp-vs-flat direction analysis of memorized vs clean examples",
@@ -62,17 +65,25 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     p.add_argument("--projections", default=None, help="with layer indices: e.g. gate,up")
     p.add_argument(
         "--mode",
-        choices=("sampled", "empirical"),
-        default="sampled",
-        help="labels of the per-example gradients (default sampled: true Fisher)",
+        choices=MODES,
+        default=d.mode,
+        help=f"labels of the per-example gradients (default {d.mode}; sampled: true Fisher)",
     )
-    p.add_argument("--rho", default="0.6,0.8", help="ρ values whose spectrum cut is reported")
-    p.add_argument("--top-k", type=int, default=32, help="top directions per example (default 32)")
-    p.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
+    p.add_argument(
+        "--rho",
+        default=",".join(map(str, d.rhos)),
+        help="ρ values whose spectrum cut is reported",
+    )
+    p.add_argument(
+        "--top-k", type=int, default=d.top_k, help=f"top directions per example ({d.top_k})"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"examples per step ({d.batch_size})"
+    )
     p.add_argument(
         "--positions",
-        choices=("all", "suffix"),
-        default="all",
+        choices=POSITIONS,
+        default=d.positions,
         help="which positions' loss counts (suffix: windows from `mine` only)",
     )
     p.add_argument(
@@ -88,9 +99,14 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         default=None,
         help="rows of Γ̃ formed at once (default: fit --chunk-mb per device)",
     )
-    p.add_argument("--chunk-mb", type=int, default=256, help="per-device memory for one block")
-    p.add_argument("--vocab-chunk", type=int, default=8192)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--chunk-mb",
+        type=int,
+        default=d.chunk_bytes >> 20,
+        help="per-device memory for one block (MiB)",
+    )
+    p.add_argument("--vocab-chunk", type=int, default=d.vocab_chunk)
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-svd", action="store_true", help="skip the SVD-basis activation strengths")
     p.add_argument(
         "--no-ekfac",
@@ -105,8 +121,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ablation",
-        choices=("joint", "per_layer", "none"),
-        default="joint",
+        choices=SCOPES,
+        default=d.ablation,
         help="band ablation: from all analyzed layers at once, one layer at a time, or none",
     )
     p.add_argument(
@@ -114,7 +130,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         action="store_true",
         help="skip the random-basis control of the band ablation",
     )
-    p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     p.add_argument("--no-progress", action="store_true")

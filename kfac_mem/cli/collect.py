@@ -22,6 +22,15 @@ MLP_DEFAULT = ("gate", "up", "down")
 
 
 def add_parser(sub, name: str) -> None:
+    from kfac_mem.collection.config import (
+        ACCUMULATE_DTYPES,
+        REDUCE_MODES,
+        STEP_SCHEMES,
+        CollectConfig,
+    )
+    from kfac_mem.collection.head_loss import MODES
+
+    d = CollectConfig()  # the library's defaults, not retyped here
     p = sub.add_parser(
         name,
         help="collect K-FAC factors (one streaming pass, resumable)",
@@ -56,11 +65,11 @@ def add_parser(sub, name: str) -> None:
     )
     p.add_argument(
         "--mode",
-        choices=("sampled", "empirical"),
-        default="sampled",
-        help="labels: sampled from the model (true Fisher, default) or the gold next tokens",
+        choices=MODES,
+        default=d.mode,
+        help=f"labels: sampled from the model (true Fisher) or the gold next tokens (default {d.mode})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the label sampler (default 0)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the label sampler ({d.seed})")
     p.add_argument(
         "--max-tokens",
         type=int,
@@ -76,29 +85,33 @@ def add_parser(sub, name: str) -> None:
         help="stop after this many seconds of collection (counted once the model and data are "
         "loaded; at a step boundary, with a checkpoint); rerun the same command to continue",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="windows per step, across all devices")
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="windows per step, across all devices"
+    )
     p.add_argument(
         "--accumulate",
-        choices=("float32", "float64"),
-        default="float32",
+        choices=ACCUMULATE_DTYPES,
+        default=d.accumulate_dtype,
         help="dtype of the running sums (float64 enables 64-bit JAX)",
     )
     p.add_argument(
-        "--vocab-chunk", type=int, default=8192, help="vocabulary chunk of the output loss"
+        "--vocab-chunk", type=int, default=d.vocab_chunk, help="vocabulary chunk of the output loss"
     )
-    p.add_argument("--save-every", type=int, default=100, help="batches between checkpoints")
+    p.add_argument(
+        "--save-every", type=int, default=d.save_every, help="batches between checkpoints"
+    )
     p.add_argument(
         "--reduce",
-        choices=("auto", "checkpoint", "step"),
-        default="auto",
+        choices=REDUCE_MODES,
+        default=d.reduce,
         help="when per-device sums are reduced: auto (default: the fastest that fits the device, "
         "from the compiled step's memory), checkpoint (fast; one full factor copy per device) or "
         "step (factor memory / device count)",
     )
     p.add_argument(
         "--step-scheme",
-        choices=("auto", "gather", "scatter"),
-        default="auto",
+        choices=STEP_SCHEMES,
+        default=d.scheme,
         help="under --reduce step: all-gather activations and form each device's own rows "
         "(gather), reduce-scatter full local outer products (scatter), or per layer by size (auto)",
     )

@@ -12,6 +12,8 @@ kfac-mem demo --seeds 0-4          the LM demo over 5 seeds (sampled labels of t
                                    or --preset tiny): mean, sd and 95% interval across seeds
 kfac-mem demo --preset vit-digits --seeds 0-4
                                    the same for the vision experiment (label noise, ViT training)
+
+The presets (`kfac_mem.demo.presets.DEMO_PRESETS`) are listed below.
 """
 
 from __future__ import annotations
@@ -22,20 +24,23 @@ import sys
 
 from kfac_mem.cli import common
 
-LANGUAGE_PRESETS = ("default", "tiny")
-
 
 def add_parser(sub, name: str) -> None:
+    from kfac_mem.demo.presets import DEMO_PRESETS, describe_presets
+
     p = sub.add_parser(
         name,
         help="run the end-to-end demo on an embedded default",
         description=__doc__,
+        epilog="presets:\n" + describe_presets(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--preset",
         default="default",
-        help="default | tiny | smollm2 | vit-digits | vit-fashion-mnist",
+        choices=list(DEMO_PRESETS),
+        metavar="NAME",
+        help="which demo (listed below; default: default)",
     )
     p.add_argument("--out", default=None, help="run directory (default runs/demo-<preset>)")
     p.add_argument("--retrain", action="store_true", help="train the model instead of loading it")
@@ -57,7 +62,9 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seeds is not None and args.preset == "smollm2":
+    from kfac_mem.demo.presets import demo_preset
+
+    if args.seeds is not None and not demo_preset(args.preset).multi_seed:
         print(
             "kfac-mem demo: --seeds is not supported for --preset smollm2 (35 minutes of CPU "
             "per run); use default, tiny or a vit-* preset.",
@@ -83,12 +90,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
-    if args.preset in LANGUAGE_PRESETS and args.seeds is not None:
+    from kfac_mem.demo.presets import demo_preset
+
+    preset = demo_preset(args.preset)
+    if preset.experiment == "language" and args.seeds is not None:
         from kfac_mem.demo.seeds import run_demo_seeds
         from kfac_mem.experiments.seeds import parse_seeds
 
         run_demo_seeds(
-            args.preset,
+            preset.config(),
             parse_seeds(args.seeds),
             out,
             mesh,
@@ -98,12 +108,11 @@ def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
             command="kfac-mem " + " ".join(sys.argv[1:]),
         )
         return 0
-    if args.preset in LANGUAGE_PRESETS:
-        from kfac_mem.demo.config import PRESETS
+    if preset.experiment == "language":
         from kfac_mem.demo.pipeline import run_demo
 
         summary = run_demo(
-            PRESETS[args.preset](),
+            preset.config(),
             out,
             mesh,
             rules,
@@ -124,17 +133,17 @@ def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
             f"-> {summary['perplexity_after']:.2f}; targets {'met' if met else 'NOT all met (see report)'}"
         )
         return 0
-    if args.preset == "smollm2":
+    if preset.experiment == "smollm2":
         from kfac_mem.demo.smollm2 import run_smollm2_demo
 
-        run_smollm2_demo(out, mesh, rules, log=lambda m: print(m, flush=True))
+        run_smollm2_demo(out, mesh, rules, preset.config(), log=lambda m: print(m, flush=True))
         return 0
-    if args.preset.startswith("vit-") and args.seeds is not None:
+    if preset.experiment == "vision" and args.seeds is not None:
         from kfac_mem.experiments.seeds import parse_seeds
         from kfac_mem.vision.seeds import run_vision_seeds
 
         run_vision_seeds(
-            args.preset,
+            preset.config(),
             parse_seeds(args.seeds),
             out,
             mesh,
@@ -144,12 +153,9 @@ def _run(args: argparse.Namespace, out: str, mesh, rules) -> int:
             command="kfac-mem " + " ".join(sys.argv[1:]),
         )
         return 0
-    if args.preset.startswith("vit-"):
-        from kfac_mem.vision.demo import run_vision_demo
+    from kfac_mem.vision.demo import run_vision_demo
 
-        run_vision_demo(
-            args.preset, out, mesh, rules, retrain=args.retrain, log=lambda m: print(m, flush=True)
-        )
-        return 0
-    print(f"kfac-mem demo: unknown --preset {args.preset!r}", file=sys.stderr)
-    return 2
+    run_vision_demo(
+        preset.config(), out, mesh, rules, retrain=args.retrain, log=lambda m: print(m, flush=True)
+    )
+    return 0

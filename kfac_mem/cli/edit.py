@@ -38,6 +38,11 @@ from kfac_mem.cli.common import (
 
 
 def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
+    from kfac_mem.decomposition.eigh import PRECISIONS
+    from kfac_mem.editing.apply import EIGENVALUE_SOURCES, EditOptions
+    from kfac_mem.editing.plan import METHODS
+
+    d = EditOptions()  # the library's defaults, not retyped here
     p = subparsers.add_parser(
         name,
         help="edit weights by K-FAC curvature mass (or a control)",
@@ -99,11 +104,11 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         help="with --layers and --method svd: the fraction of singular components dropped from "
         "every matrix, in [0, 1) (0.5 drops the bottom half)",
     )
-    p.add_argument("--method", choices=("kfac", "svd", "band", "random"), default="kfac")
+    p.add_argument("--method", choices=METHODS, default=d.method)
     p.add_argument(
         "--eigenvalues",
-        choices=("kfac", "ekfac"),
-        default="kfac",
+        choices=EIGENVALUE_SOURCES,
+        default=d.eigenvalues,
         help="curvature per component: λ_i μ_j (kfac) or EK-FAC corrected eigenvalues "
         "(ekfac; needs --ekfac)",
     )
@@ -116,11 +121,11 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("float32", "float64"),
-        default="float32",
-        help="working precision of the reconstruction (default float32)",
+        choices=PRECISIONS,
+        default=d.precision,
+        help=f"working precision of the reconstruction (default {d.precision})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-basis control")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random-basis control")
     p.add_argument(
         "--no-rank",
         action="store_true",

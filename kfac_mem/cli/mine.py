@@ -17,6 +17,9 @@ from kfac_mem.cli.common import (
 
 
 def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
+    from kfac_mem.evaluation.mining import MiningConfig
+
+    d = MiningConfig()  # the library's defaults, not retyped here
     p = subparsers.add_parser(
         name,
         help="mine memorized (prefix, suffix) windows from a corpus",
@@ -39,44 +42,55 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--prefix-len",
         type=_prefix_len,
-        default=64,
+        default=d.prefix_len,
         metavar="N|rest",
-        help="prefix tokens per window (default 64); 'rest': the quotes protocol, one window per "
-        "document whose suffix is its last --suffix-len tokens and whose prefix is all the rest",
+        help=f"prefix tokens per window (default {d.prefix_len}); 'rest': the quotes protocol, one "
+        "window per document whose suffix is its last --suffix-len tokens and whose prefix is all "
+        "the rest",
     )
-    p.add_argument("--suffix-len", type=int, default=48, help="suffix tokens (default 48)")
+    p.add_argument(
+        "--suffix-len",
+        type=int,
+        default=d.suffix_len,
+        help=f"suffix tokens (default {d.suffix_len})",
+    )
     p.add_argument(
         "--max-prefix-len",
         type=int,
-        default=None,
+        default=d.max_prefix_len,
         help="with --prefix-len rest: keep at most N prefix tokens (those nearest the suffix)",
     )
     p.add_argument(
-        "--stride", type=int, default=32, help="tokens between window starts (default 32)"
+        "--stride",
+        type=int,
+        default=d.stride,
+        help=f"tokens between window starts (default {d.stride})",
     )
     p.add_argument(
         "--max-jaccard",
         type=float,
-        default=0.2,
+        default=d.max_jaccard,
         help="drop a window whose token n-gram Jaccard similarity with a kept one "
-        "exceeds this (default 0.2)",
+        f"exceeds this (default {d.max_jaccard})",
     )
-    p.add_argument("--ngram", type=int, default=5, help="n of the n-grams for deduplication")
+    p.add_argument("--ngram", type=int, default=d.ngram, help="n of the n-grams for deduplication")
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.5,
-        help="share of windows held out; whole documents go to one side (default 0.5)",
+        default=d.val_fraction,
+        help=f"share of windows held out; whole documents go to one side (default {d.val_fraction})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the document-level split")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the document-level split")
     p.add_argument(
         "--leak-ngram",
         type=int,
-        default=16,
-        help="windows sharing a verbatim n-gram this long stay in one split (default 16)",
+        default=d.leak_ngram,
+        help=f"windows sharing a verbatim n-gram this long stay in one split (default {d.leak_ngram})",
     )
-    p.add_argument("--max-windows", type=int, default=None, help="stop after N candidate windows")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--max-windows", type=int, default=d.max_windows, help="stop after N candidate windows"
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_mesh_flags(p)
     p.set_defaults(run=run)

@@ -82,12 +82,14 @@ def add_parser(sub, name: str) -> None:
 
 
 def model_config(name: str, dtype: str, param_dtype: str):
-    """A preset's or an HF directory's DecoderConfig (no weights read)."""
-    from models.config import PRESETS, get_config
+    """A decoder preset's or an HF directory's DecoderConfig (no weights read)."""
+    from models.config import DecoderConfig
     from models.hf import config_from_hf, read_hf_config
+    from models.presets import PRESETS, preset_config
 
     if name in PRESETS:
-        return get_config(name).replace(dtype=dtype, param_dtype=param_dtype)
+        config = preset_config(name, DecoderConfig)  # plans decoders only
+        return config.replace(dtype=dtype, param_dtype=param_dtype)
     if os.path.isdir(name):
         return config_from_hf(
             read_hf_config(name),
@@ -96,7 +98,7 @@ def model_config(name: str, dtype: str, param_dtype: str):
             param_dtype=param_dtype,
         )
     raise ValueError(
-        f"--model {name!r} is neither a preset ({sorted(PRESETS)}) nor a directory with an HF "
+        f"--model {name!r} is neither a decoder preset ({sorted(PRESETS)}) nor a directory with an HF "
         f"config.json."
     )
 

@@ -40,5 +40,6 @@ class CollectConfig:
             raise ValueError(f"`reduce` must be one of {REDUCE_MODES}, got {self.reduce!r}.")
         if self.scheme not in STEP_SCHEMES:
             raise ValueError(f"`scheme` must be one of {STEP_SCHEMES}, got {self.scheme!r}.")
-        if self.batch_size < 1 or self.save_every < 1 or self.vocab_chunk < 1:
-            raise ValueError("`batch_size`, `save_every` and `vocab_chunk` must be >= 1.")
+        for name in ("batch_size", "save_every", "vocab_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")

@@ -37,7 +37,7 @@ def _require_kfac_jax():
         import kfac_jax
     except ImportError as e:  # pragma: no cover - kfac-jax is a pinned dependency
         raise ImportError(
-            "--engine kfac-jax needs kfac-jax==0.0.8 (installed with the project)."
+            "`engine` 'kfac-jax' needs kfac-jax==0.0.8 (installed with the project)."
         ) from e
     kfac_jax.set_default_tag_to_block_ctor(
         "repeated_dense",
@@ -78,10 +78,10 @@ def make_kfac_jax_step(model, sites: Sequence[LinearSite], config, shardings, n_
     """A step with the native step's signature (sums, params, batch, key, n_valid) -> (sums, stats);
     `collect` gives it only full batches (it cannot mask padding rows)."""
     if config.reduce != "step":
-        raise ValueError("The kfac-jax engine reduces every step (use reduce='step').")
+        raise ValueError("The kfac-jax engine reduces every step (use `reduce` 'step').")
     if getattr(model.config, "family", None) not in ("olmo2", "llama"):
         raise ValueError(
-            "The kfac-jax engine supports causal language models only; use --engine native."
+            "The kfac-jax engine supports causal language models only; use `engine` 'native'."
         )
     estimator = _estimator(model)
     groups = input_groups(sites)

@@ -150,9 +150,9 @@ def choose_reduce(
                 )
             return ReduceChoice(mode, reason, cost, budget, schemes, compiled)
     raise ValueError(
-        f"batch_size {config.batch_size} does not fit: even reduce='step' needs {fits['step']} "
-        f"per device of {gib(budget)} ({source}). Give a smaller --batch-size, fewer layers, or "
-        f"more devices."
+        f"`batch_size` {config.batch_size} does not fit: even `reduce` 'step' needs "
+        f"{fits['step']} per device of {gib(budget)} ({source}). Give a smaller `batch_size`, "
+        f"fewer layers, or more devices."
     )
 
 
@@ -177,4 +177,4 @@ def engine_step(engine, model, sites, config, shardings, n_data, record=None):
         from kfac_mem.collection.kfac_jax_engine import make_kfac_jax_step
 
         return make_kfac_jax_step(model, sites, config, shardings, n_data)
-    raise ValueError(f"--engine must be 'native' or 'kfac-jax', got {engine!r}.")
+    raise ValueError(f"`engine` must be 'native' or 'kfac-jax', got {engine!r}.")

@@ -183,9 +183,9 @@ def _collect(
     rows = step_batch_size(config.batch_size, n_data)
     if engine == "kfac-jax" and (rows != config.batch_size or n_windows % config.batch_size):
         raise ValueError(
-            f"--engine kfac-jax cannot mask padding rows: give a --batch-size that divides the "
+            f"`engine` 'kfac-jax' cannot mask padding rows: give a `batch_size` that divides the "
             f"{n_windows} windows and is a multiple of the {n_data} data shards, or use "
-            f"--engine native."
+            f"`engine` 'native'."
         )
     identity = run_identity(model, sites, windows, config, engine)
     corpus = windows.describe()  # recorded in full: the budget and the sources too
@@ -286,7 +286,7 @@ def _collect(
                     f"Non-finite activations or gradients at step {step} (windows "
                     f"{start}..{start + n_valid - 1}) in {bad}. "
                     f"Nothing from this step was saved; {out_dir} still holds the run up to step "
-                    f"{info['steps']}. Check the model's dtype (try --dtype float32) and the data."
+                    f"{info['steps']}. Check the model's dtype (try `dtype` float32) and the data."
                 )
             info = {
                 "n_tokens": info["n_tokens"] + int(stats["count"]),

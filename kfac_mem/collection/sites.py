@@ -1,4 +1,4 @@
-"""Choose linear sites by HF id or by `--layers 23,24 --projections gate,up`."""
+"""Choose linear sites by HF id or by layer indices and projections (`layers`, `projections`)."""
 
 from __future__ import annotations
 

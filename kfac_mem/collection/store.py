@@ -68,7 +68,7 @@ def read_metadata(directory: str) -> dict[str, Any]:
     path = os.path.join(directory, METADATA)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{directory}: no {METADATA}; not a factor run. Create one with `kfac-mem collect --out {directory}`."
+            f"{directory}: no {METADATA}; not a factor run (`kfac_mem.collection.collect` writes one)."
         )
     with open(path) as f:
         try:

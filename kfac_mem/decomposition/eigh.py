@@ -48,7 +48,7 @@ def precision_scope(precision: str) -> Iterator[np.dtype]:
     if jax.default_backend() == "tpu":
         raise ValueError(
             "precision float64 is not available on TPU (no float64 eigh/matmul); "
-            "use --precision float32 there."
+            "use `precision` float32 there."
         )
     with jax.enable_x64(True):
         yield np.dtype(np.float64)
@@ -69,8 +69,8 @@ def check_finite(factors: Mapping[str, np.ndarray]) -> None:
     if bad:
         raise NonFiniteFactorError(
             f"Non-finite (NaN/Inf) entries in factor(s) {bad}. The factor run is corrupt or "
-            f"overflowed: recollect those layers (`kfac-mem collect --accumulate float64` if "
-            f"sums overflow). Nothing was written."
+            f"overflowed: recollect those layers (with `accumulate_dtype` float64 "
+            f"if sums overflow). Nothing was written."
         )
 
 

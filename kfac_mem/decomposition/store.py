@@ -253,8 +253,8 @@ class EigenRun:
         path = os.path.join(self.directory, METADATA)
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"{self.directory}: no {METADATA}; not a (complete) eigen run. Create one with "
-                f"`kfac-mem decompose --factors FACTOR_DIR --out {self.directory}`."
+                f"{self.directory}: no {METADATA}; not a (complete) eigen run "
+                f"(`kfac_mem.decomposition.decompose_run` writes one)."
             )
         self.metadata = _read_json(path)
         if self.metadata.get("format") != FORMAT:

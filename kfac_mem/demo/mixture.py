@@ -18,6 +18,7 @@ import numpy as np
 
 from kfac_mem.demo.corpus import all_passages
 from kfac_mem.demo.skills import SkillSet
+from kfac_mem.validation import check_fields
 
 BOS = "<|bos|>"
 
@@ -37,6 +38,30 @@ class MixtureConfig:
     skill_rate: float = 0.3  # share of segments (after the memorized one) that are skill examples
     n_heldout_passages: int = 400
     n_capitals: int = 100
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            at_least_one=(
+                "vocab_size",
+                "seq_len",
+                "prefix_len",
+                "suffix_len",
+                "canary_prefix_len",
+                "canary_suffix_len",
+            ),
+            non_negative=("seed", "n_memorized", "n_canaries", "n_heldout_passages", "n_capitals"),
+            fractions=("memorized_rate", "skill_rate"),
+        )
+        for prefix, suffix in (
+            ("prefix_len", "suffix_len"),
+            ("canary_prefix_len", "canary_suffix_len"),
+        ):
+            if getattr(self, prefix) + getattr(self, suffix) > self.seq_len:
+                raise ValueError(
+                    f"`{prefix}` + `{suffix}` ({getattr(self, prefix)} + {getattr(self, suffix)}) "
+                    f"must fit in `seq_len` ({self.seq_len})."
+                )
 
     @property
     def window(self) -> int:

@@ -2,8 +2,9 @@
 
 `kfac-mem demo` uses the model committed under `kfac_mem/demo/assets/<asset>/` (an HF checkpoint
 directory in bfloat16 with its tokenizer and `provenance.json`: the command, seed, data and
-training figures that produced it). `--retrain` reproduces it from scratch with the recipe in
-`DemoConfig`; the result is cached in `<out>/model` (Orbax) so a rerun skips training.
+training figures that produced it). `retrain` (`kfac-mem demo --retrain`) reproduces it from
+scratch with the recipe in `DemoConfig`; the result is cached in `<out>/model` (Orbax) so a rerun
+skips training.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -27,26 +26,7 @@ from kfac_mem.demo.model import demo_model
 from kfac_mem.demo.sweep import chosen_cell, controls, sweep
 from kfac_mem.editing import edit_model, write_edited_model
 from kfac_mem.evaluation.mining import MiningConfig, mine_windows
-
-
-class Stages:
-    """Wall-clock time per stage, printed as it goes."""
-
-    def __init__(self, log):
-        self.log, self.seconds, self._t = log, {}, None
-
-    def __call__(self, name: str):
-        self._name, self._t = name, time.time()
-        self.log(f"== {name}")
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds[self._name] = round(time.time() - self._t, 1)
-        if exc[0] is None:
-            self.log(f"   {self._name} done in {self.seconds[self._name]:.1f} s")
+from kfac_mem.experiments.stages import Stages
 
 
 def mine_set(
@@ -82,6 +62,8 @@ def write_comparison_sets(data, heldout: np.ndarray, c: DemoConfig, out_dir: str
 def run_demo(
     config: DemoConfig, out_dir: str, mesh, rules, retrain: bool = False, log=print
 ) -> dict[str, Any]:
+    """The LM demo end to end (model, mine, collect, decompose, analyze, sweep, edit, evaluate,
+    report) into `out_dir`; returns the summary (`demo.report.write_report`)."""
     os.makedirs(out_dir, exist_ok=True)
     stage = Stages(log)
     c = config
@@ -90,70 +72,10 @@ def run_demo(
     sites = model.linear_sites()
 
     with stage("mine"):
-        mem = mine_set(
-            model,
-            data.memorized_rows(),
-            1 + c.mixture.prefix_len,
-            os.path.join(out_dir, "mined", "memorized"),
-            0.5,
-            c.split_seed,
-        )
-        can = mine_set(
-            model,
-            data.canary_rows(),
-            1 + c.mixture.canary_prefix_len,
-            os.path.join(out_dir, "mined", "canaries"),
-            1.0,
-            c.split_seed,
-        )
-        log(
-            f"   memorized passages: {mem['stats']['memorized']}/{len(data.memorized)} recited "
-            f"-> {len(mem['train'])} train / {len(mem['validation'])} validation; canaries: "
-            f"{can['stats']['memorized']}/{len(data.canaries)}"
-        )
-
-    text = data.heldout_windows(2 * c.eval_text_windows)
-    half = len(text) // 2
-    write_comparison_sets(data, text[half:], c, os.path.join(out_dir, "sets"))
-    items = {g: v[: 2 * c.eval_items] for g, v in data.skills.eval_items().items()}
-    selection = measure.EvalSets(
-        {"memorized_train": mem["train"]},
-        text[:half],
-        {g: v[: len(v) // 2] for g, v in items.items()},
-    )
-    report_sets = measure.EvalSets(
-        {
-            "memorized_train": mem["train"],
-            "memorized_validation": mem["validation"],
-            "canaries": can["validation"],
-        },
-        text[half:],
-        {g: v[len(v) // 2 :] for g, v in items.items()},
-    )
-
+        mem, can = mine_demo_sets(model, data, c, out_dir, log)
+    text, selection, report_sets = eval_splits(data, mem, can, c, out_dir)
     with stage("collect"):
-        n = c.factor_windows // c.factor_batch
-        tokens = np.concatenate(
-            [
-                data.batch(i, c.factor_batch, memorized=c.factor_include_memorized, stream=1)
-                for i in range(n)
-            ]
-        )
-        windows = Windows(
-            tokens,
-            ("demo-mixture:stream1" + ("" if c.factor_include_memorized else ":no-memorized"),),
-            array_fingerprint(tokens),
-        )
-        mlp = select_sites(sites, projections=["gate", "up", "down"])
-        factors = collect(
-            model,
-            windows,
-            mlp,
-            os.path.join(out_dir, "factors"),
-            CollectConfig(mode=c.factor_mode, seed=c.seed, batch_size=c.factor_batch),
-            progress=False,
-        )
-        log(f"   {factors.n_tokens:,} positions, {len(mlp)} matrices, mode {c.factor_mode}")
+        factors = collect_factors(model, data, c, os.path.join(out_dir, "factors"), log)
 
     with stage("decompose"):
         eigen = decompose_run(factors, os.path.join(out_dir, "eigen"), mesh, rules, overwrite=True)
@@ -208,6 +130,85 @@ def run_demo(
         )
     log(f"report: {os.path.join(out_dir, 'report.md')}")
     return summary
+
+
+def mine_demo_sets(model, data, c: DemoConfig, out_dir: str, log) -> tuple[dict, dict]:
+    """(memorized, canaries): the mixture's items the model recites, mined and split."""
+    mem = mine_set(
+        model,
+        data.memorized_rows(),
+        1 + c.mixture.prefix_len,
+        os.path.join(out_dir, "mined", "memorized"),
+        0.5,
+        c.split_seed,
+    )
+    can = mine_set(
+        model,
+        data.canary_rows(),
+        1 + c.mixture.canary_prefix_len,
+        os.path.join(out_dir, "mined", "canaries"),
+        1.0,
+        c.split_seed,
+    )
+    log(
+        f"   memorized passages: {mem['stats']['memorized']}/{len(data.memorized)} recited "
+        f"-> {len(mem['train'])} train / {len(mem['validation'])} validation; canaries: "
+        f"{can['stats']['memorized']}/{len(data.canaries)}"
+    )
+    return mem, can
+
+
+def eval_splits(data, mem, can, c: DemoConfig, out_dir: str):
+    """(held-out text [2·eval_text_windows, L], selection sets, report sets): the first halves of
+    the held-out text and skill items select the edit, the second halves report it; the
+    comparison sets are written under OUT/sets."""
+    text = data.heldout_windows(2 * c.eval_text_windows)
+    half = len(text) // 2
+    write_comparison_sets(data, text[half:], c, os.path.join(out_dir, "sets"))
+    items = {g: v[: 2 * c.eval_items] for g, v in data.skills.eval_items().items()}
+    selection = measure.EvalSets(
+        {"memorized_train": mem["train"]},
+        text[:half],
+        {g: v[: len(v) // 2] for g, v in items.items()},
+    )
+    report_sets = measure.EvalSets(
+        {
+            "memorized_train": mem["train"],
+            "memorized_validation": mem["validation"],
+            "canaries": can["validation"],
+        },
+        text[half:],
+        {g: v[len(v) // 2 :] for g, v in items.items()},
+    )
+    return text, selection, report_sets
+
+
+def collect_factors(model, data, c: DemoConfig, out_dir: str, log):
+    """Sampled-label factors of every MLP matrix on fresh mixture rows (stream 1; the memorized
+    items left out unless `factor_include_memorized`)."""
+    n = c.factor_windows // c.factor_batch
+    tokens = np.concatenate(
+        [
+            data.batch(i, c.factor_batch, memorized=c.factor_include_memorized, stream=1)
+            for i in range(n)
+        ]
+    )
+    windows = Windows(
+        tokens,
+        ("demo-mixture:stream1" + ("" if c.factor_include_memorized else ":no-memorized"),),
+        array_fingerprint(tokens),
+    )
+    mlp = select_sites(model.linear_sites(), projections=["gate", "up", "down"])
+    factors = collect(
+        model,
+        windows,
+        mlp,
+        out_dir,
+        CollectConfig(mode=c.factor_mode, seed=c.seed, batch_size=c.factor_batch),
+        progress=False,
+    )
+    log(f"   {factors.n_tokens:,} positions, {len(mlp)} matrices, mode {c.factor_mode}")
+    return factors
 
 
 def run_analysis(

@@ -73,6 +73,40 @@ def paired_tests(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _pct_name(x: float) -> str:
+    return f"{round(100 * x)}pct"
+
+
+def demo_targets(
+    c: DemoConfig,
+    strict_before: float,
+    strict_after: float,
+    ppl_before: float,
+    ppl_after: float,
+    retention: dict[str, float],
+) -> dict[str, bool]:
+    """The demo's targets, from the config that also sets the choice rule's limits
+    (`DemoConfig.choice_rule`): recitation of held-out memorized windows at least
+    `min_recitation_before` before and at most `max_recitation_after` after the edit, perplexity
+    at most `1 + max_ppl_increase` times the unedited model's, and every protected skill group
+    keeping at least `min_retention` of its accuracy. Keys name the thresholds in percent."""
+    return {
+        f"strict_before_at_least_{_pct_name(c.min_recitation_before)}": (
+            strict_before >= c.min_recitation_before
+        ),
+        f"strict_after_at_most_{_pct_name(c.max_recitation_after)}": (
+            strict_after <= c.max_recitation_after
+        ),
+        f"perplexity_increase_at_most_{_pct_name(c.max_ppl_increase)}": (
+            ppl_after <= (1 + c.max_ppl_increase) * ppl_before
+        ),
+        **{
+            f"{g}_retention_at_least_{_pct_name(c.min_retention)}": retention[g] >= c.min_retention
+            for g in c.protected_groups
+        },
+    }
+
+
 def _strict_with_ci(rate: float, n: int) -> str:
     if n == 0 or rate != rate:
         return "n/a"
@@ -155,6 +189,12 @@ def write_report(
     seconds: dict[str, float],
     edit_report: list[dict],
 ) -> dict[str, Any]:
+    """Write report.md, figures/*.png and summary.json of a demo run; returns the summary.
+
+    `results` maps each variant ("unedited", "kfac", "svd", "random_basis") to its recitation per
+    memorized set, perplexity, nDCG and skill outcomes on the report splits; `rows` is the sweep on
+    the selection splits, `chosen` its choice; `mem` / `can` the mined memorized and canary sets.
+    """
     base, kfac = results["unedited"], results["kfac"]
     retention = {
         g: (kfac["skills"][g] / base["skills"][g] if base["skills"][g] else float("nan"))
@@ -167,16 +207,11 @@ def write_report(
     }
     paired = paired_tests(results)
     held = "memorized_validation"
-    strict_before = base["recitation"]["memorized_validation"]["strict"]
-    strict_after = kfac["recitation"]["memorized_validation"]["strict"]
+    strict_before = base["recitation"][held]["strict"]
+    strict_after = kfac["recitation"][held]["strict"]
     ppl_before = base["perplexity"]["perplexity"]
     ppl_after = kfac["perplexity"]["perplexity"]
-    targets = {
-        "strict_before_at_least_90pct": strict_before >= 0.9,
-        "strict_after_at_most_10pct": strict_after <= 0.1,
-        "perplexity_increase_at_most_30pct": ppl_after <= 1.3 * ppl_before,
-        **{f"{g}_retention_at_least_90pct": retention[g] >= 0.9 for g in c.protected_groups},
-    }
+    targets = demo_targets(c, strict_before, strict_after, ppl_before, ppl_after, retention)
     summary = {
         "preset": c.name,
         "recitation_strict_before": strict_before,
@@ -194,27 +229,7 @@ def write_report(
         "svd_drop": chosen.get("svd_drop"),
         "targets": targets,
         "all_targets_met": all(targets.values()),
-        "table1": {
-            name: {
-                **{
-                    s: {
-                        **{
-                            k: r["recitation"][s][k]
-                            for k in ("n", "strict", "loose", "mean_distance")
-                        },
-                        "intervals": r["recitation"][s].get("intervals", {}),
-                    }
-                    for s in SETS
-                },
-                "perplexity": r["perplexity"]["perplexity"],
-                "ndcg@10": r["ndcg"],
-                "skills": r["skills"],
-                "skill_n": {g: len(v) for g, v in r["skill_outcomes"].items()},
-                "skill_intervals": {g: proportion(v) for g, v in r["skill_outcomes"].items()},
-                **({"retention": retention_ci[name]} if name in retention_ci else {}),
-            }
-            for name, r in results.items()
-        },
+        "table1": _table1_summary(results, retention_ci),
         "mined": {"memorized": mem["stats"], "canaries": can["stats"]},
         "factors": {
             "n_tokens": factors.n_tokens,
@@ -230,6 +245,52 @@ def write_report(
     }
     figures = _figures(out_dir, rows, chosen, results)
     lines = [
+        *_outcome_lines(c, results, paired, retention_ci, chosen, targets),
+        *_table1_lines(results, chosen),
+        *_task_group_lines(results, retention_ci),
+        *_paired_lines(paired),
+        *_sweep_lines(rows, chosen, mem),
+        *_edited_matrix_lines(edit_report),
+        *_example_lines(kfac),
+        *_analysis_lines(analysis),
+        *_run_lines(seconds, summary, factors, provenance),
+    ]
+    write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines))
+    summary["figures"] = [os.path.relpath(p, out_dir) for p in figures]
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    return summary
+
+
+def _table1_summary(results: dict[str, Any], retention_ci: dict[str, Any]) -> dict[str, Any]:
+    """summary.json `table1`: per variant, recitation per set with intervals, perplexity, nDCG,
+    skill accuracies with n and intervals, and (edited variants) retention."""
+    return {
+        name: {
+            **{
+                s: {
+                    **{k: r["recitation"][s][k] for k in ("n", "strict", "loose", "mean_distance")},
+                    "intervals": r["recitation"][s].get("intervals", {}),
+                }
+                for s in SETS
+            },
+            "perplexity": r["perplexity"]["perplexity"],
+            "ndcg@10": r["ndcg"],
+            "skills": r["skills"],
+            "skill_n": {g: len(v) for g, v in r["skill_outcomes"].items()},
+            "skill_intervals": {g: proportion(v) for g, v in r["skill_outcomes"].items()},
+            **({"retention": retention_ci[name]} if name in retention_ci else {}),
+        }
+        for name, r in results.items()
+    }
+
+
+def _outcome_lines(c: DemoConfig, results, paired, retention_ci, chosen, targets) -> list[str]:
+    """The title and the outcome: recitation, perplexity, retention, the chosen edit, targets."""
+    base, kfac = results["unedited"], results["kfac"]
+    held = "memorized_validation"
+    ppl_before = base["perplexity"]["perplexity"]
+    ppl_after = kfac["perplexity"]["perplexity"]
+    return [
         f"# kfac-mem demo report ({c.name})",
         "",
         "K-FAC curvature-mass edit of a small OLMo-2-architecture model trained on real text with "
@@ -269,6 +330,13 @@ def write_report(
         "- targets: "
         + ", ".join(f"{k} {'met' if v else '**NOT met**'}" for k, v in targets.items()),
         "",
+    ]
+
+
+def _table1_lines(results, chosen) -> list[str]:
+    """Table 1 layout: recitation per set (strict / loose / mean d/L), perplexity, nDCG."""
+    base = results["unedited"]
+    lines = [
         "## Table 1 layout (report splits)",
         "",
         "| model | "
@@ -291,12 +359,20 @@ def write_report(
             + " | ".join(cells)
             + f" | {r['perplexity']['perplexity']:.2f} | {r['ndcg']:.3f} |"
         )
-    lines += [
+    return [
+        *lines,
         "",
         f"SVD drops {100 * (chosen.get('svd_drop') or 0):.0f}% of the bottom singular components of "
         "the same matrices (closest selection perplexity to the K-FAC edit); the random-basis "
         "control keeps the K-FAC edit's number of components in Haar-random bases.",
         "",
+    ]
+
+
+def _task_group_lines(results, retention_ci) -> list[str]:
+    """Accuracy per skill group and variant, with retention in parentheses."""
+    base = results["unedited"]
+    lines = [
         "## Task groups (accuracy, report split; retention = after / before, in parentheses)",
         "",
         "| group | n | " + " | ".join(VARIANTS.get(n, n) for n in results) + " |",
@@ -314,8 +390,12 @@ def write_report(
                 )
             )
         lines.append(f"| {g} | {len(base['skill_outcomes'][g])} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
+    return [*lines, ""]
+
+
+def _paired_lines(paired) -> list[str]:
+    """K-FAC against every other variant on the same examples."""
+    lines = [
         "## Paired tests (K-FAC − other, same examples; percentage points, 95% interval, "
         "exact McNemar p)",
         "",
@@ -328,10 +408,12 @@ def write_report(
         lines.append(
             f"| {label} | {n} | " + " | ".join(fmt_diff(t[key]) for t in paired.values()) + " |"
         )
-    lines += [
-        "",
-        "![removal and retention](figures/removal_and_retention.png)",
-        "",
+    return [*lines, "", "![removal and retention](figures/removal_and_retention.png)", ""]
+
+
+def _sweep_lines(rows, chosen, mem) -> list[str]:
+    """The sweep on the selection splits, the chosen row marked."""
+    lines = [
         "## Sweep (selection splits)",
         "",
         f"Selection-split point estimates; strict recitation of the memorized train split "
@@ -354,10 +436,12 @@ def write_report(
             f"{_strict_with_ci(r['strict_memorized_train'], len(mem['train']))} | "
             f"{r['ppl_ratio']:.3f} | " + " | ".join(_pct(r["retention"][g]) for g in GROUPS) + " |"
         )
-    lines += [
-        "",
-        "![sweep](figures/sweep.png)",
-        "",
+    return [*lines, "", "![sweep](figures/sweep.png)", ""]
+
+
+def _edited_matrix_lines(edit_report) -> list[str]:
+    """Per edited matrix: kept components and their share, kept mass, relative change, rank."""
+    lines = [
         "## Edited matrices",
         "",
         "| matrix | kept components | kept share | kept mass | ‖ΔW‖/‖W‖ | rank |",
@@ -370,16 +454,27 @@ def write_report(
             f"{_pct(row.get('kept_mass'))}% | {row['rel_delta_fro']:.3f} | "
             f"{row.get('rank', 'n/a')} |"
         )
+    return lines
+
+
+def _example_lines(kfac) -> list[str]:
+    """What the edited model says after three held-out memorized prefixes."""
     examples = kfac["recitation"]["memorized_validation"].get("rows", [])[:3]
-    if examples:
-        lines += ["", "## What the edited model now says (held-out memorized prefixes)", ""]
-        for ex in examples:
-            lines += [
-                f"- prefix: `{ex.get('prefix_text', '')[-120:]}`",
-                f"  - memorized: `{ex.get('suffix_text', '')}`",
-                f"  - now: `{ex.get('generated_text', '')}`",
-            ]
-    lines += [
+    if not examples:
+        return []
+    lines = ["", "## What the edited model now says (held-out memorized prefixes)", ""]
+    for ex in examples:
+        lines += [
+            f"- prefix: `{ex.get('prefix_text', '')[-120:]}`",
+            f"  - memorized: `{ex.get('suffix_text', '')}`",
+            f"  - now: `{ex.get('generated_text', '')}`",
+        ]
+    return lines
+
+
+def _analysis_lines(analysis) -> list[str]:
+    """The analyzer's findings (the full report is analysis/report.md)."""
+    lines = [
         "",
         "## Curvature analysis",
         "",
@@ -408,7 +503,12 @@ def write_report(
                 f"| {f['set']} | {f['claim']} | {f.get('n_set', '–')} / {f.get('n_clean', '–')} "
                 f"| {fmt_effect(f)} | {fmt_matrices(f)} | {f['verdict']} |"
             )
-    lines += [
+    return lines
+
+
+def _run_lines(seconds, summary, factors, provenance) -> list[str]:
+    """Stage times, factors and the model's provenance."""
+    return [
         "",
         "## Run",
         "",
@@ -419,7 +519,3 @@ def write_report(
         f"- model provenance: `{provenance.get('command')}`, seed {provenance.get('seed')}",
         "",
     ]
-    write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines))
-    summary["figures"] = [os.path.relpath(p, out_dir) for p in figures]
-    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
-    return summary

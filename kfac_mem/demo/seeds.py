@@ -3,7 +3,7 @@
 A seed replaces `DemoConfig.seed`, which drives every seed-dependent stage of the demo: the
 sampled labels of the factor collection (and so the eigenbases, the sweep's choice and the edit),
 the random-basis control, the analyzer's sampled labels, and the model's initialization when the
-model is trained in the run (`--preset tiny`, `--retrain`). The data (`mixture.seed`: the
+model is trained in the run (the `tiny` preset, or `retrain`). The data (`mixture.seed`: the
 memorized passages the committed model was trained on) and the memorized train/validation split
 (`split_seed`) stay fixed, so every seed is scored on the same held-out windows. Aggregation across
 seeds is the project's one multi-seed mechanism (`kfac_mem.experiments.seeds`; docs/design.md §3).
@@ -17,7 +17,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kfac_mem.demo.config import PRESETS, DemoConfig
+from kfac_mem.demo.config import DemoConfig
+from kfac_mem.demo.presets import demo_config
 from kfac_mem.experiments.seeds import render_table, run_seeds
 
 __all__ = ["SEED_FIELDS", "measures", "run_demo_seeds", "seeded"]
@@ -123,7 +124,7 @@ def run_demo_seeds(
     """Run the LM demo once per seed under OUT/seed-<s>/ and aggregate (see module doc)."""
     from kfac_mem.demo.pipeline import run_demo
 
-    config = PRESETS[preset]() if isinstance(preset, str) else preset
+    config = demo_config(preset) if isinstance(preset, str) else preset
     return run_seeds(
         seeds,
         lambda s, directory: run_demo(

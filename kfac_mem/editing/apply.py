@@ -9,6 +9,7 @@ matrix whose value leaves it untouched (ρ ≥ 0.9999, SVD drop 0) keeps its ori
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,12 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfac_mem.decomposition.eigh import precision_scope
+from kfac_mem.decomposition.eigh import PRECISIONS, precision_scope
 from kfac_mem.decomposition.store import EigenRun, SiteEigen
 from kfac_mem.editing.controls import random_orthogonal, site_key, svd_truncate
-from kfac_mem.editing.plan import EditPlan, Value, validate_plan
+from kfac_mem.editing.plan import METHODS, EditPlan, Value, validate_plan
 from kfac_mem.editing.reconstruct import masked_product
 from kfac_mem.editing.selection import Selection, Spectrum, select_band, select_mass
+from kfac_mem.validation import check_fields
 from models.sites import LinearSite, get_path, set_path
 
 EIGENVALUE_SOURCES = ("kfac", "ekfac")
@@ -50,6 +52,19 @@ class EditOptions:
     seed: int = 0
     compute_rank: bool = True
 
+    def __post_init__(self):
+        check_fields(
+            self,
+            choices={
+                "method": METHODS,
+                "eigenvalues": EIGENVALUE_SOURCES,
+                "precision": PRECISIONS,
+                "compute_rank": (True, False),
+            },
+        )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"`seed` must be an integer, got {self.seed!r}.")
+
 
 def spectrum_for(
     eig: SiteEigen, options: EditOptions, eigen: EigenRun | None, name: str
@@ -57,7 +72,7 @@ def spectrum_for(
     """Π of layer `name`: λ μᵀ, or the eigen run's EK-FAC corrected eigenvalues."""
     if options.eigenvalues == "ekfac":
         if eigen is None:
-            raise ValueError(f"{name}: --eigenvalues ekfac needs the eigen run (--eigen).")
+            raise ValueError(f"{name}: `eigenvalues` 'ekfac' needs the eigen run (`eigen`).")
         return Spectrum.dense(eigen.corrected_eigenvalues(name), name)
     return Spectrum.kronecker(eig.lam, eig.mu, name)
 
@@ -176,11 +191,7 @@ def check_targets(
     options: EditOptions,
 ) -> None:
     """Validate the whole plan before computing anything (errors name the layer id)."""
-    validate_plan(plan, options.method)
-    if options.eigenvalues not in EIGENVALUE_SOURCES:
-        raise ValueError(
-            f"--eigenvalues {options.eigenvalues!r} is not one of {EIGENVALUE_SOURCES}."
-        )
+    validate_plan(plan, options.method)  # (`options` validated its fields on construction)
     by_id = {s.id: s for s in sites}
     for site_id in plan.targets:
         site = by_id[site_id]
@@ -194,7 +205,7 @@ def check_targets(
             continue
         if eigen is None:
             raise ValueError(
-                f"--method {options.method} needs --eigen (an eigen run from `kfac-mem decompose`)."
+                f"`method` {options.method!r} needs `eigen` (an eigen run, `decompose_run`)."
             )
         if site_id not in eigen.sites:
             raise ValueError(

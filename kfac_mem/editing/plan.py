@@ -1,5 +1,5 @@
-"""`EditPlan`: which matrices to edit and how much, from `--layers-json`, a JSON/YAML file or the
-short flags `--layers 23,24 --projections gate,up --rho 0.6`.
+"""`EditPlan`: which matrices to edit and how much, from a JSON string (`plan_from_json`), a
+JSON/YAML file (`plan_from_file`) or layers x projections x one value (`plan_from_flags`).
 
 Accepted forms (a projection left out, or given null, is untouched):
   {"23": {"gate": 0.6, "up": 0.6}}                 layer index -> {projection: value}
@@ -122,15 +122,14 @@ def plan_from_json(text: str, sites: Sequence[LinearSite]) -> EditPlan:
         spec = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(
-            f"--layers-json is not valid JSON ({e}); example: "
-            f'\'{{"23": {{"gate": 0.6, "up": 0.6}}}}\'.'
+            f'`text` is not valid JSON ({e}); example: \'{{"23": {{"gate": 0.6, "up": 0.6}}}}\'.'
         ) from None
     return parse_plan(spec, sites)
 
 
 def plan_from_file(path: str, sites: Sequence[LinearSite]) -> EditPlan:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--layers-file {path}: no such file.")
+        raise FileNotFoundError(f"`path` {path}: no such file.")
     with open(path) as f:
         spec = yaml.safe_load(f)  # YAML is a superset of JSON
     return parse_plan(spec or {}, sites)
@@ -145,17 +144,17 @@ def plan_from_flags(
 def validate_plan(plan: EditPlan, method: str) -> None:
     """Check every value against `method`; errors name the layer id."""
     if method not in METHODS:
-        raise ValueError(f"--method {method!r} is not one of {METHODS}.")
+        raise ValueError(f"`method` {method!r} is not one of {METHODS}.")
     if not plan.targets:
         raise ValueError(
             "The edit plan is empty: name at least one matrix, e.g. "
-            '--layers-json \'{"23": {"gate": 0.6, "up": 0.6}}\'.'
+            '{"23": {"gate": 0.6, "up": 0.6}}.'
         )
     for site_id, v in plan.targets.items():
         if isinstance(v, tuple):
             if method not in ("band", "random"):
                 raise ValueError(
-                    f"{site_id}: a [lo, hi] band is only meaningful with --method band "
+                    f"{site_id}: a [lo, hi] band is only meaningful with `method` band "
                     f"or random, not {method}."
                 )
             lo, hi = v
@@ -163,7 +162,7 @@ def validate_plan(plan: EditPlan, method: str) -> None:
                 raise ValueError(f"{site_id}: band [{lo}, {hi}] must satisfy 0 ≤ lo < hi ≤ 100.")
         elif method == "band":
             raise ValueError(
-                f"{site_id}: --method band needs [lo, hi] percent per matrix, e.g. "
+                f"{site_id}: `method` band needs [lo, hi] percent per matrix, e.g. "
                 f'{{"23": {{"gate": [50, 100]}}}}; got {v}.'
             )
         elif method == "svd":

@@ -85,7 +85,7 @@ def score_continuations(
         if len(cont) >= max_length:
             raise ValueError(
                 f"Request {i}: the continuation has {len(cont)} tokens, more than "
-                f"max_length - 1 = {max_length - 1}; raise --max-length."
+                f"`max_length` - 1 = {max_length - 1}; raise `max_length`."
             )
         ctxs.append(ctx[-(max_length - len(cont)) :])
         conts.append(cont)
@@ -228,8 +228,8 @@ def _exact_match_task(
     keep = max_length - spec.max_new_tokens
     if keep < 1:
         raise ValueError(
-            f"Task `{spec.name}`: max_length {max_length} leaves no room for the prompt "
-            f"after {spec.max_new_tokens} generated tokens; raise --max-length."
+            f"Task `{spec.name}`: `max_length` {max_length} leaves no room for the prompt "
+            f"after {spec.max_new_tokens} generated tokens; raise `max_length`."
         )
     prompts = [ids[-keep:] for ids in _encode(tok, [e.prompt for e in examples])]
     eos = model.config.eos_token_id

@@ -72,7 +72,7 @@ def iter_texts(source: str, text_field: str = "text") -> Iterator[str]:
             if not isinstance(value, str):
                 raise ValueError(
                     f"{source}:{lineno}: missing string field `{text_field}` (the "
-                    f"document text); pass --text-field to name another field."
+                    f"document text); name another field with `text_field`."
                 )
             yield value
         return
@@ -184,7 +184,7 @@ def windows_from_sources(
             if arr.shape[1] != length:
                 raise ValueError(
                     f"{sources[i]}: windows are {arr.shape[1]} tokens wide but the window "
-                    f"length is {length}; pass --window {arr.shape[1]}."
+                    f"length is {length}; pass `length` {arr.shape[1]}."
                 )
             out.append(arr)
             count += len(arr)

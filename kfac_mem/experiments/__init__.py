@@ -12,6 +12,7 @@ from kfac_mem.experiments.measures import memorization_measure, perplexity_ratio
 from kfac_mem.experiments.memorization import MemorizationSweep, run_memorization_sweep
 from kfac_mem.experiments.rule import ChoiceRule, Limit, metric
 from kfac_mem.experiments.seeds import parse_seeds, run_seeds
+from kfac_mem.experiments.stages import Stages
 from kfac_mem.experiments.sweep import edited_params, matched_control, sweep
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "EditCell",
     "Limit",
     "MemorizationSweep",
+    "Stages",
     "edit_grid",
     "edited_params",
     "matched_control",

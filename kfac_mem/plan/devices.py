@@ -24,19 +24,19 @@ def topology_devices(topology: str, num_slices: int = 1) -> list[jax.Device]:
     if topology.startswith("cpu:"):
         n = topology[4:]
         if not n.isdigit() or int(n) < 1:
-            raise ValueError(f"--topology cpu:N needs a device count N >= 1, got {topology!r}.")
+            raise ValueError(f"`topology` cpu:N needs a device count N >= 1, got {topology!r}.")
         if num_slices != 1:
-            raise ValueError("--num-slices applies to TPU topologies only; use cpu:N alone.")
+            raise ValueError("`num_slices` applies to TPU topologies only; use cpu:N alone.")
         cpus = jax.devices("cpu")
         if len(cpus) < int(n):
             raise ValueError(
-                f"--topology {topology} needs {n} CPU devices but {len(cpus)} exist: set "
+                f"`topology` {topology} needs {n} CPU devices but {len(cpus)} exist: set "
                 f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting."
             )
         return list(cpus[: int(n)])
     if not _TPU.match(topology):
         raise ValueError(
-            f"--topology {topology!r} is not understood: give GEN:AxB[xC] with GEN one of v4, v5e, "
+            f"`topology` {topology!r} is not understood: give GEN:AxB[xC] with GEN one of v4, v5e, "
             f"v5p, v6e (e.g. v5e:2x4, v5p:2x2x2) or cpu:N."
         )
     compile_only_env()
@@ -52,7 +52,7 @@ def topology_devices(topology: str, num_slices: int = 1) -> list[jax.Device]:
         )
     except Exception as e:  # libtpu missing or the name is not a valid slice shape
         raise ValueError(
-            f"--topology {topology}: the TPU compiler could not describe it ({str(e)[:200]}). "
+            f"`topology` {topology}: the TPU compiler could not describe it ({str(e)[:200]}). "
             f"Install the `tpu` extra (pip install 'kfac-mem[tpu]') and give a valid slice shape."
         ) from None
     return sorted(desc.devices, key=lambda d: (getattr(d, "slice_index", 0) or 0, d.id))

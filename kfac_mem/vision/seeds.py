@@ -16,10 +16,11 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kfac_mem.demo.presets import demo_config
 from kfac_mem.experiments.seeds import aggregate as aggregate_tree
 from kfac_mem.experiments.seeds import parse_seeds, run_seeds
 from kfac_mem.stats import fmt_interval
-from kfac_mem.vision.demo import PRESETS, TABLE2_MEASURES, VisionDemoConfig, run_vision_demo
+from kfac_mem.vision.demo import TABLE2_MEASURES, VisionDemoConfig, run_vision_demo
 
 __all__ = ["aggregate", "measures", "parse_seeds", "run_vision_seeds", "seeded"]
 
@@ -141,7 +142,7 @@ def run_vision_seeds(
     command: str = "",
 ) -> dict[str, Any]:
     """Run the vision demo once per seed under OUT/seed-<s>/ and aggregate (see module doc)."""
-    config = PRESETS[preset]() if isinstance(preset, str) else preset
+    config = demo_config(preset) if isinstance(preset, str) else preset
     result = run_seeds(
         seeds,
         lambda s, directory: run_vision_demo(

@@ -21,24 +21,37 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from kfac_mem.validation import check_fields
 from kfac_mem.vision.metrics import accuracy, batch_sharding, predict
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimization settings. `warmup_epochs` of linear warmup, then cosine decay to
-    `end_lr_fraction`·`learning_rate`; `eval_every` > 0 measures validation accuracy every that
-    many epochs (0: only after the last)."""
+    """Optimization settings, counted in epochs. `warmup_epochs` of linear warmup, then cosine
+    decay to `end_learning_rate_fraction`·`learning_rate`; `eval_every` > 0 measures validation
+    accuracy every that many epochs (0: only after the last). The schedule's fields share their
+    names with `kfac_mem.training.TrainConfig` (counted in steps)."""
 
     epochs: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     warmup_epochs: float = 2.0
-    end_lr_fraction: float = 0.0
+    end_learning_rate_fraction: float = 0.0
     grad_clip: float | None = 1.0
     seed: int = 0
     eval_every: int = 0
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            at_least_one=("epochs", "batch_size"),
+            positive=("learning_rate",),
+            non_negative=("weight_decay", "warmup_epochs", "eval_every"),
+            fractions=("end_learning_rate_fraction",),
+        )
+        if self.grad_clip is not None:
+            check_fields(self, positive=("grad_clip",))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,7 +69,11 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(total - 1, int(config.warmup_epochs * steps_per_epoch))
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup, total, config.end_lr_fraction * config.learning_rate
+        0.0,
+        config.learning_rate,
+        warmup,
+        total,
+        config.end_learning_rate_fraction * config.learning_rate,
     )
     decay_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
         lambda path, _: getattr(path[-1], "key", None) == "kernel", params
