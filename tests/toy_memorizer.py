@@ -15,13 +15,17 @@ set) and validation; the quotes are the OOD set. Held-out clean windows (perplex
 separate retain set (BSN, relearning) and a sample of the training mixture (K-FAC factors) are
 drawn from disjoint seeded streams.
 
-Test-only (tests/test_bsn.py, tests/test_compare.py); not part of the package.
+Test-only (tests/test_bsn.py, test_compare.py, test_audit.py, test_sweep.py); not part of the
+package. The test-size model's trained float32 weights are committed (tests/assets/toy-memorizer,
+rewritten by `python tests/toy_memorizer.py`), so the suite does not train it in every module that
+uses it; the sets are mined from it on the machine that runs the tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +35,10 @@ import numpy as np
 
 from kfac_mem.atomic import write_json_atomic, write_jsonl_atomic
 from kfac_mem.evaluation.mining import MiningConfig, mine_windows
+from kfac_mem.manifest import run_manifest
 from kfac_mem.sharding import make_mesh
 from kfac_mem.training import TrainConfig, train
-from models import DecoderConfig, LanguageModel, init_params, save_model
+from models import DecoderConfig, LanguageModel, export_hf, init_params, load_pretrained, save_model
 
 STEPS = (1, 2, 3, 4, 5)  # progression steps of the clean language
 
@@ -140,19 +145,11 @@ def mixture_batch(c: ToyConfig, pool: np.ndarray, stream: int, index: int) -> np
     return np.concatenate([mem, clean])
 
 
-def build_toy(
-    c: ToyConfig = ToyConfig(),
-    mesh=None,
-    rules=None,
-    log: Callable[[str], None] | None = None,
-) -> Toy:
-    """Train the toy model from scratch with `kfac_mem.training.train` and mine its sets.
+ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "toy-memorizer")
 
-    Without a mesh the model is placed on a one-device mesh (every array committed to its
-    sharding, like any loaded model, so edited parameter trees reuse compiled functions).
-    """
-    if mesh is None:
-        mesh, rules = make_mesh("fsdp", devices=jax.devices()[:1])
+
+def train_toy(c: ToyConfig, mesh, rules, log: Callable[[str], None] | None = None):
+    """(model, loss history): the toy model trained from scratch with `kfac_mem.training.train`."""
     random, quotes = memorized_windows(c)
     pool = np.concatenate([random, quotes])
     config = c.decoder()
@@ -172,8 +169,45 @@ def build_toy(
         ),
         log=log,
     )
-    model = model.with_params(params)
+    return model.with_params(params), history
+
+
+def _committed(c: ToyConfig, mesh, rules) -> LanguageModel | None:
+    """The committed weights of the test-size toy (tests/assets/toy-memorizer, written by
+    `python tests/toy_memorizer.py`), when `c` is the config they were trained with."""
+    info = os.path.join(ASSET, "toy.json")
+    if not os.path.isfile(info):
+        return None
+    with open(info) as f:
+        if json.load(f)["config"] != dataclasses.asdict(c):
+            return None
+    return load_pretrained(ASSET, mesh=mesh, rules=rules)
+
+
+def build_toy(
+    c: ToyConfig = ToyConfig(),
+    mesh=None,
+    rules=None,
+    log: Callable[[str], None] | None = None,
+    retrain: bool = False,
+) -> Toy:
+    """The toy model and its sets: the committed weights of the test-size config (unless
+    `retrain`), else trained from scratch; the sets are mined on this machine either way, so
+    they are what this machine's model recites.
+
+    Without a mesh the model is placed on a one-device mesh (every array committed to its
+    sharding, like any loaded model, so edited parameter trees reuse compiled functions).
+    """
+    if mesh is None:
+        mesh, rules = make_mesh("fsdp", devices=jax.devices()[:1])
+    model, history = (None, [])
+    if not retrain:
+        model = _committed(c, mesh, rules)
+    if model is None:
+        model, history = train_toy(c, mesh, rules, log)
     model.source = f"toy:{c.seed}"
+    random, quotes = memorized_windows(c)
+    pool = np.concatenate([random, quotes])
     main = mine_windows(
         model,
         random,
@@ -233,3 +267,25 @@ def write_toy(toy: Toy, out_dir: str) -> dict[str, str]:
         {"config": dataclasses.asdict(toy.config), "stats": toy.stats, "paths": paths},
     )
     return paths
+
+
+def write_asset(c: ToyConfig = ToyConfig()) -> None:
+    """Train the test-size toy and commit its float32 weights to tests/assets/toy-memorizer/."""
+    mesh, rules = make_mesh("fsdp", devices=jax.devices()[:1])
+    model, history = train_toy(c, mesh, rules, log=print)
+    export_hf(model.config, model.params, ASSET)
+    write_json_atomic(
+        os.path.join(ASSET, "toy.json"),
+        {
+            "config": dataclasses.asdict(c),
+            "command": "python tests/toy_memorizer.py",
+            "final_train_loss": history[-1]["loss"],
+            "fingerprint": model.fingerprint(),
+            "manifest": run_manifest({"init": c.seed}),
+        },
+    )
+    print(f"wrote {ASSET}")
+
+
+if __name__ == "__main__":
+    write_asset()
