@@ -19,6 +19,7 @@ declare -A ROWS=(
   [7b-recipe-v5p64x2]="--model olmo2-7b --topology v5p:4x4x2 --num-slices 2 --stage collect --batch-size 512 $RECIPE --no-search"
   [7b-recipe-v6e8-b16]="--model olmo2-7b --topology v6e:2x4 --stage collect --batch-size 16 $RECIPE --no-search"
   [7b-recipe-v5e8-search]="--model olmo2-7b --topology v5e:2x4 --stage collect --batch-size 16 $RECIPE --max-search-compiles 4"
+  [7b-recipe-v5p8-search]="--model olmo2-7b --topology v5p:2x2x1 --stage collect --batch-size 16 $RECIPE --max-search-compiles 4"
   [1b-allmlp-v5e8-b32-before]="--model olmo2-1b --topology v5e:2x4 --stage collect --batch-size 32 $ALLMLP --reduce checkpoint --no-search"
   [1b-allmlp-v5e8]="--model olmo2-1b --topology v5e:2x4 --stage collect --batch-size 32 $ALLMLP --max-search-compiles 3"
   [7b-allmlp-v5e8-b8-before]="--model olmo2-7b --topology v5e:2x4 --stage collect --batch-size 8 $ALLMLP --reduce step --scheme scatter --no-search"
@@ -36,7 +37,7 @@ ORDER=(7b-allmlp-v5e8 1b-allmlp-v5e8 7b-allmlp-v5e8-b8-before 1b-allmlp-v5e8-b32
        7b-allmlp-v5p8 7b-allmlp-v6e8 7b-recipe-v5e8-b16 7b-recipe-v5e8-b32 7b-recipe-v5p8-b16
        7b-recipe-v6e8-b16 7b-recipe-v5p64 7b-recipe-v5p64x2 7b-edit 1b-recipe-v5e8
        13b-recipe-v5p8 32b-recipe-v5p16 8b-llama3-recipe-v5e8 7b-generate-v5e8 7b-bsn-v5p8
-       7b-recipe-seq4096-v5p8 7b-recipe-v5e8-search 7b-decompose-v5e8)
+       7b-recipe-seq4096-v5p8 7b-recipe-v5e8-search 7b-recipe-v5p8-search 7b-decompose-v5e8)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do
   args=${ROWS[$name]:?unknown row $name}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGN = os.path.join(ROOT, "docs", "design.md")
@@ -18,11 +19,23 @@ SECTION = re.compile(r"§(\d+(?:\.\d+)*)")
 
 
 def repo_files(exts=(".py", ".md", ".sh", ".yaml", ".toml")) -> list[str]:
-    out = []
-    for root, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
-        out += [os.path.join(root, f) for f in files if f.endswith(exts)]
-    return sorted(out)
+    """Files that are or could be committed: in a git checkout, tracked and untracked-but-not-
+    ignored files (run outputs under the ignored runs/ are not); elsewhere every file."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+        paths = [os.path.join(ROOT, p) for p in listed if p]
+    except (OSError, subprocess.CalledProcessError):
+        paths = []
+        for root, dirs, files in os.walk(ROOT):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+            paths += [os.path.join(root, f) for f in files]
+    return sorted(p for p in paths if p.endswith(exts) and os.path.isfile(p))
 
 
 def design_sections(text: str) -> set[str]:
