@@ -12,7 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from kfac_mem.cli.common import add_mesh_flags, add_model_flags, init_distributed, mesh_from_args
+from kfac_mem.cli.common import (
+    add_mesh_flags,
+    add_model_flags,
+    init_distributed,
+    mesh_from_args,
+    parse_named,
+)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -103,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     from kfac_mem.audit import AuditOptions, run_audit
     from kfac_mem.audit.runner import check_output_dir
     from kfac_mem.cli.common import write_resolved_config
-    from kfac_mem.cli.evaluate import parse_memorized
     from kfac_mem.evaluation import read_memorized, windows_from_sources
     from models import load_pretrained
 
@@ -134,7 +139,10 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = check_output_dir(args.out)
-    sets = {k: read_memorized(v)[: args.limit] for k, v in parse_memorized(args.memorized).items()}
+    sets = {
+        k: read_memorized(v)[: args.limit]
+        for k, v in parse_named(args.memorized, "--memorized").items()
+    }
     init_distributed(args)
     mesh, rules = mesh_from_args(args)
     load = lambda path: load_pretrained(  # noqa: E731

@@ -351,3 +351,20 @@ def write_model_outputs(
             )
         write_json_atomic(os.path.join(where, "report.json"), report)
         write_resolved_config(where, command, args, extra=extra)
+
+
+def parse_named(items: list[str], flag: str) -> dict[str, str]:
+    """`NAME=FILE` (or a bare FILE, named by its stem) -> {name: path}."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            path, name = item, os.path.basename(item).split(".")[0]
+        if not name or not path:
+            raise InputError(f"{flag} expects NAME=FILE.jsonl, got {item!r}.")
+        if name in out:
+            raise InputError(f"{flag}: the name {name!r} is used twice; give NAME=FILE.")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} {item}: {path} does not exist.")
+        out[name] = path
+    return out

@@ -17,26 +17,10 @@ from kfac_mem.cli.common import (
     init_distributed,
     load_model,
     mesh_from_args,
+    parse_named,
     path_inputs,
     write_resolved_config,
 )
-
-
-def parse_memorized(items: list[str]) -> dict[str, str]:
-    """`NAME=FILE.jsonl` (or a bare FILE, named by its stem) -> {name: path}."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            path, name = item, os.path.basename(item).split(".")[0]
-        if not name or not path:
-            raise ValueError(f"--memorized expects NAME=FILE.jsonl, got {item!r}.")
-        if name in out:
-            raise ValueError(f"--memorized: the name {name!r} is used twice; give NAME=FILE.")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--memorized {item}: {path} does not exist.")
-        out[name] = path
-    return out
 
 
 def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
@@ -125,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     suites = None if args.suites is None else parse_suites(args.suites)
     if suites is None or "tasks" in suites:
         resolve_tasks(args.tasks)  # fail on a bad name before loading anything
-    memorized = parse_memorized(args.memorized)
+    memorized = parse_named(args.memorized, "--memorized")
     for path in memorized.values():
         read_memorized(path)  # fail on a malformed file before loading any model
     init_distributed(args)

@@ -34,6 +34,7 @@ from kfac_mem.cli.common import (
     init_distributed,
     load_model,
     mesh_from_args,
+    parse_named,
     path_inputs,
     write_resolved_config,
 )
@@ -153,23 +154,6 @@ def parse_floats(text: str, flag: str) -> list[float]:
         return [float(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         raise InputError(f"{flag} expects comma-separated numbers, got {text!r}.") from None
-
-
-def parse_named(items: list[str], flag: str) -> dict[str, str]:
-    """`NAME=FILE` (or a bare FILE, named by its stem) -> {name: path}."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            path, name = item, os.path.basename(item).split(".")[0]
-        if not name or not path:
-            raise InputError(f"{flag} expects NAME=FILE.jsonl, got {item!r}.")
-        if name in out:
-            raise InputError(f"{flag}: the name {name!r} is used twice; give NAME=FILE.")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{flag} {item}: {path} does not exist.")
-        out[name] = path
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
