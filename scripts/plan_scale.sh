@@ -16,7 +16,7 @@ declare -A ROWS=(
   [7b-generate-v5e8]="--model olmo2-7b --topology v5e:2x4 --stage generate --batch-size 32 --seq-len 64 --max-new-tokens 48 --no-search"
   [7b-bsn-v5p8]="--model olmo2-7b --topology v5p:2x2x1 --stage bsn --batch-size 8 --seq-len 112 --layers 23-25 --projections up,down --no-search"
   [7b-recipe-v5p64]="--model olmo2-7b --topology v5p:4x4x2 --stage collect --batch-size 256 $RECIPE --no-search"
-  [7b-recipe-v5p64x2]="--model olmo2-7b --topology v5p:4x4x2 --num-slices 2 --stage collect --batch-size 512 $RECIPE --no-search"
+  [7b-recipe-v5p64x2]="--model olmo2-7b --topology v5p:4x4x2 --num-slices 2 --mesh-axis data=2 --stage collect --batch-size 512 $RECIPE --no-search"
   [7b-recipe-v6e8-b16]="--model olmo2-7b --topology v6e:2x4 --stage collect --batch-size 16 $RECIPE --no-search"
   [7b-recipe-v5e8-search]="--model olmo2-7b --topology v5e:2x4 --stage collect --batch-size 16 $RECIPE --max-search-compiles 4"
   [7b-recipe-v5p8-search]="--model olmo2-7b --topology v5p:2x2x1 --stage collect --batch-size 16 $RECIPE --max-search-compiles 4"
