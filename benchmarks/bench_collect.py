@@ -3,6 +3,7 @@
 Usage:
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/bench_collect.py [--quick]
       [--reduce checkpoint|step] [--scheme auto|gather|scatter]
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/bench_collect.py --reduce-modes
 
 Prints one JSON line per measurement:
   * ratio: one collection step (sampled labels) / one jitted value_and_grad step of the summed
@@ -14,6 +15,10 @@ Prints one JSON line per measurement:
     (flat in the number of tokens: sums are fixed-size).
   * devices: tokens/s on 1 device vs all devices (simulated CPU devices share the same cores, so
     this shows overheads, not speed-up).
+  * reduce_modes (`--reduce-modes` alone): the collection step under `reduce=checkpoint`,
+    `step` with every site by all-gathered row blocks (`gather`) and `step` with full outer products
+    reduce-scattered (`scatter`), compiled once each and then timed in interleaved rounds (so load
+    on a shared machine hits all three alike); median per mode and its ratio to checkpoint.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def timed(fn, repeats):
 
 
 def emit(**row):
-    row.update(**REDUCE)
+    row = {**REDUCE, **row}
     row.update(
         machine=f"{platform.machine()} {jax.devices()[0].platform} x{jax.device_count()}",
         cpu_count=__import__("os").cpu_count(),
@@ -93,8 +98,8 @@ def train_step(model):
 REDUCE = {"reduce": "checkpoint", "scheme": "auto"}  # set from --reduce / --scheme
 
 
-def collect_step(model, sites, batch, n_data):
-    cfg = CollectConfig(mode="sampled", batch_size=batch, vocab_chunk=4096, **REDUCE)
+def collect_step(model, sites, batch, n_data, reduce=None):
+    cfg = CollectConfig(mode="sampled", batch_size=batch, vocab_chunk=4096, **(reduce or REDUCE))
     if cfg.reduce == "checkpoint":
         sh, lead = partial_shardings(sites, model.mesh, model.rules), n_data
     else:
@@ -118,11 +123,14 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reduce", default="checkpoint", choices=("checkpoint", "step"))
     p.add_argument("--scheme", default="auto", choices=("auto", "gather", "scatter"))
+    p.add_argument("--reduce-modes", action="store_true", help="only time the reduce modes")
     args = p.parse_args()
     REDUCE.update(reduce=args.reduce, scheme=args.scheme)
     repeats = 2 if args.quick else args.repeats
     seq, batch = 256, 8
     model, tokens, n = setup(jax.devices(), batch, seq)
+    if args.reduce_modes:
+        return reduce_modes(model, tokens, batch, n, repeats)
     train = train_step(model)
     t_train = timed(lambda: train(model.params, tokens), repeats)
     emit(kind="train_step", seconds=t_train, tokens=batch * seq, devices=n)
@@ -178,6 +186,41 @@ def main():
         _, _, run = collect_step(m, sites, batch, n_d)
         t = timed(lambda run=run, toks=toks: run(toks), repeats)
         emit(kind="devices", devices=len(devs), seconds=t, tokens_per_s=batch * seq / t)
+
+
+MODES = {
+    "checkpoint": {"reduce": "checkpoint", "scheme": "auto"},
+    "step_gather": {"reduce": "step", "scheme": "gather"},
+    "step_scatter": {"reduce": "step", "scheme": "scatter"},
+}
+
+
+def reduce_modes(model, tokens, batch: int, n: int, repeats: int) -> None:
+    """Median step time of each reduce mode, timed in interleaved rounds after one compile each."""
+    sites = select_sites(model.linear_sites(), projections=["gate", "up", "down"])
+    runs = {name: collect_step(model, sites, batch, n, m)[2] for name, m in MODES.items()}
+    for run in runs.values():
+        jax.block_until_ready(run(tokens))  # compile + warm up
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            jax.block_until_ready(run(tokens))
+            times[name].append(time.perf_counter() - t)
+    base = statistics.median(times["checkpoint"])
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        emit(
+            **MODES[name],
+            kind="reduce_modes",
+            selection="all_mlp",
+            mode=name,
+            seconds=med,
+            ratio_to_checkpoint=med / base,
+            tokens_per_s=tokens.size / med,
+            repeats=repeats,
+            devices=n,
+        )
 
 
 if __name__ == "__main__":

@@ -137,16 +137,19 @@ def bootstrap_ratio(
     confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
     """{"ratio", "n", "lo", "hi"}: mean(numerator) / mean(denominator) over the same examples
-    (paired resampling). The ratio is None when the denominator's mean is 0; a resample whose
-    denominator mean is 0 gives an infinite ratio, so such an interval is open-ended (hi None)."""
+    (paired resampling). The ratio is None when the denominator's mean is 0. A resample whose
+    denominator mean is 0 (e.g. a rare skill's few successes all left out) counts as an infinite
+    ratio, 0/0 included: the bounds stay finite while such resamples are rarer than the tail
+    (1 − confidence) / 2, and the upper bound is open-ended (hi None) beyond that."""
     a = np.asarray(numerator, np.float64).ravel()
     b = np.asarray(denominator, np.float64).ravel()
     if a.shape != b.shape:
         raise ValueError(f"`numerator` and `denominator` must pair up, got {a.size} vs {b.size}.")
 
     def ratio(x, y, axis=-1):
+        den = y.mean(axis=axis)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return x.mean(axis=axis) / y.mean(axis=axis)
+            return np.where(den == 0, np.inf, x.mean(axis=axis) / den)
 
     if a.size == 0 or b.mean() == 0:
         return {"ratio": None, "n": int(a.size), "lo": None, "hi": None, "method": "bootstrap"}

@@ -8,9 +8,16 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 
 GIB = 1 << 30
+
+
+def short_error(error: str) -> str:
+    """The compiler's out-of-memory message reduced to 'out of memory: used X of Y'."""
+    used = re.search(r"Used (\S+) of (\S+) hbm", error)
+    return f"out of memory: {used[1]} of {used[2]}" if used else error
 
 
 def rows(directory: str):
@@ -23,15 +30,17 @@ def rows(directory: str):
             topo = plan["topology"] + (f" ×{plan['num_slices']}" if plan["num_slices"] > 1 else "")
             hbm = plan["chip"]["hbm_bytes"] / GIB if plan["chip"] else None
             s = plan.get("batch_search") or {}
+            reduce = (plan.get("reduce_choice") or {}).get("chosen")
+            program = p["name"] + (f" ({reduce})" if reduce else "")
             yield (
-                f"| {name} | {p['name']} | {topo} ({plan['devices']} chips, {plan['processes']} hosts) "
+                f"| {name} | {program} | {topo} ({plan['devices']} chips, {plan['processes']} hosts) "
                 f"| {plan['mesh']} {plan['mesh_shape']} | {p['batch_size'] or '—'} "
                 + (
                     f"| {c['argument_bytes'] / GIB:.2f} | {c['temp_bytes'] / GIB:.2f} | "
                     f"{c['total_bytes'] / GIB:.2f} / {hbm:.0f} | {'yes' if p['fits'] else '**no**'} | "
                     f"{c['flops'] / 1e12:.2f} | {c['compile_seconds']:.0f} "
                     if c
-                    else f"| | | | **no** ({p['error']}) | | "
+                    else f"| | | | **no** ({short_error(p['error'])}) | | "
                 )
                 + f"| {s.get('largest_fitting_batch', '—') if s else '—'} "
                 + (

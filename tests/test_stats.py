@@ -73,6 +73,19 @@ def test_bootstrap_ratio_is_paired_and_exact_on_full_enumeration():
     assert stats.bootstrap_ratio([1, 1], [0, 0])["ratio"] is None
 
 
+def test_bootstrap_ratio_rare_zero_denominator_resamples_keep_finite_bounds():
+    # 7 of 100 successes before, 3 other items after: P(a resample misses all 7) = 0.93^100 ≈ 7e-4,
+    # far below the 2.5% tail, so both bounds are finite and bracket the point estimate; with
+    # 1 of 10 before that probability is 0.35, so the upper bound is open-ended (None)
+    before, after = np.zeros(100), np.zeros(100)
+    before[:7], after[50:53] = 1, 1
+    r = stats.bootstrap_ratio(after, before, seed=0)
+    assert r["lo"] is not None and r["hi"] is not None
+    assert r["ratio"] == pytest.approx(3 / 7) and 0 <= r["lo"] <= r["ratio"] <= r["hi"]
+    rare = stats.bootstrap_ratio(np.eye(10)[5], np.eye(10)[0], seed=0)
+    assert rare["lo"] == 0 and rare["hi"] is None
+
+
 def test_paired_difference_and_compare():
     same = stats.compare_paired([1, 0, 1, 1], [1, 0, 1, 1])
     assert same["difference"] == 0 and same["lo"] == same["hi"] == 0
