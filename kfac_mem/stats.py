@@ -221,7 +221,8 @@ def stratified_ratio(
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = top / bottom
     q = 100 * (1 - confidence) / 2
-    lo, hi = np.nanpercentile(np.where(np.isfinite(ratios), ratios, np.inf), [q, 100 - q])
+    with np.errstate(invalid="ignore"):  # a bound between two infinite ratios is inf - inf
+        lo, hi = np.nanpercentile(np.where(np.isfinite(ratios), ratios, np.inf), [q, 100 - q])
     return {
         "ratio": _finite(point),
         "n": n,
