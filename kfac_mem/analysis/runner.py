@@ -33,7 +33,7 @@ from kfac_mem.data import array_fingerprint
 from kfac_mem.decomposition.store import EigenRun, load_eigen
 from kfac_mem.editing.selection import Spectrum
 from kfac_mem.evaluation.batching import length_bucket
-from kfac_mem.manifest import run_manifest
+from kfac_mem.manifest import run_manifest, shown_path
 from kfac_mem.rundir import claim
 from models.sites import LinearSite, get_path
 
@@ -305,9 +305,12 @@ def _identity(model, eigen, options, clean, sites, example_sets, bases) -> dict[
     """The report's first keys: format, model, eigen run, options, sets, devices, manifest."""
     return {
         "format": FORMAT,
-        "model": {"source": getattr(model, "source", ""), "fingerprint": model.fingerprint()},
+        "model": {
+            "source": shown_path(getattr(model, "source", "")),
+            "fingerprint": model.fingerprint(),
+        },
         "eigen": {
-            "path": eigen.directory,
+            "path": shown_path(eigen.directory),
             "model_fingerprint": eigen.model_fingerprint,
             "factor_mode": (eigen.factor_run or {}).get("mode"),
             "factor_tokens": (eigen.factor_run or {}).get("n_tokens"),

@@ -50,7 +50,7 @@ from kfac_mem.experiments.measures import memorization_measure
 from kfac_mem.experiments.rule import ChoiceRule, Limit
 from kfac_mem.experiments.sweep import edited_params, matched_control, sweep
 from kfac_mem.export import export_model
-from kfac_mem.manifest import run_manifest
+from kfac_mem.manifest import run_manifest, shown_path
 from kfac_mem.rundir import check_output, claim
 from kfac_mem.stats import fmt_diff, fmt_interval
 
@@ -458,9 +458,12 @@ def _run(model, eigen, spec, train_rows, held_rows, sources, window, text_window
     timing["report"] = time.perf_counter() - t0
     return {
         "format": FORMAT,
-        "model": {"source": getattr(model, "source", None), "fingerprint": model.fingerprint()},
+        "model": {
+            "source": shown_path(getattr(model, "source", None)),
+            "fingerprint": model.fingerprint(),
+        },
         "eigen": {
-            "path": eigen.directory,
+            "path": shown_path(eigen.directory),
             "precision": eigen.precision,
             "model_fingerprint": eigen.model_fingerprint,
         },
