@@ -89,9 +89,12 @@ def _same_basis(u, w, u_ref, w_ref, tol):
     assert _rel(m, m_ref) < 10 * tol
 
 
-@pytest.mark.slow
 @pytest.mark.multidevice
-@pytest.mark.parametrize("name", MESHES)
+@pytest.mark.parametrize(
+    "name",
+    # fsdp is the mesh of every other 1-vs-8-device test; here end to end only in the slow set
+    ["data", pytest.param("fsdp", marks=pytest.mark.slow), "fsdp_tp"],
+)
 def test_mesh_equals_one_device(reference, tmp_path, name):
     sizes = {"tensor": 2} if name == "fsdp_tp" else {}
     mesh, rules = make_mesh(name, **sizes)
@@ -124,7 +127,7 @@ def _reduce_ops(txt: str, d: int) -> int:
 
 
 @pytest.mark.multidevice
-@pytest.mark.parametrize("name", [pytest.param("data", marks=pytest.mark.slow), "fsdp_tp"])
+@pytest.mark.parametrize("name", ["data", "fsdp_tp"])
 def test_factor_collectives_only_where_designed(name):
     """(fsdp: tests/test_collect.py.) checkpoint mode: no factor-sized reduction inside the step (per-shard partials); step mode:
     the reduction into the row-sharded totals is in the step."""
