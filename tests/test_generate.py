@@ -98,11 +98,8 @@ def test_chunked_batches(case, prompts):
 
 @pytest.mark.multidevice
 def test_generate_on_mesh(case, prompts, mesh8):
-    """Batch rows and parameters sharded over 8 devices: same continuations (one family suffices:
-    the cache and sharding code is shared)."""
+    """Batch rows and parameters sharded over 8 devices: same continuations, for both families."""
     model, want = case
-    if model.config.family != "llama":
-        pytest.skip("covered by the llama case")
     mesh, rules = mesh8
     shardings = models.language_model.param_shardings(model.config, mesh, rules)
     on_mesh = models.LanguageModel(
