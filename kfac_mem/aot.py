@@ -34,6 +34,7 @@ __all__ = [
     "compile_only_env",
     "cost_of_compiled",
     "is_out_of_memory",
+    "quiet_absent_tpu",
 ]
 
 COLLECTIVE_KINDS = (
@@ -65,6 +66,17 @@ def compile_only_env() -> None:
     """Set (without overriding) the libtpu variables for compile-only use on a non-TPU host."""
     for k, v in COMPILE_ONLY_ENV.items():
         os.environ.setdefault(k, v)
+
+
+def quiet_absent_tpu() -> None:
+    """On a host without TPU chips, `compile_only_env()`: JAX's start-up probe of an installed
+    libtpu then neither logs TPU-VM discovery errors (TPU_ACCELERATOR_TYPE, worker hostnames) nor
+    holds libtpu's lockfile against a concurrent `plan`. No effect on a TPU VM. Call it before
+    the first JAX backend starts."""
+    from jax._src import hardware_utils  # the check jax's own Cloud TPU start-up makes
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
+        compile_only_env()
 
 
 _DTYPE_BYTES = {

@@ -254,6 +254,22 @@ def mcnemar(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) -> d
     return {"n": int(x.size), "a_only": a_only, "b_only": b_only, "p_value": p}
 
 
+def mcnemar_bounds(k_a: int, k_b: int, n: int) -> tuple[float, float]:
+    """The smallest and largest exact McNemar p-value over every paired table with these
+    marginals: k_a and k_b successes of two methods on the same n examples, when the per-example
+    outcomes were not kept. The pairs where only a succeeds range over
+    [max(0, k_a − k_b), min(k_a, n − k_b)]; the bounds are equal when either method is at 0 or n.
+    """
+    if not (0 <= k_a <= n and 0 <= k_b <= n):
+        raise ValueError(f"McNemar bounds need 0 <= k_a, k_b <= n, got {k_a}, {k_b}, {n}.")
+    ps = []
+    for a_only in range(max(0, k_a - k_b), min(k_a, n - k_b) + 1):
+        b_only = k_b - (k_a - a_only)
+        d = a_only + b_only
+        ps.append(1.0 if d == 0 else float(_st.binomtest(a_only, d, 0.5).pvalue))
+    return min(ps), max(ps)
+
+
 def paired_difference(
     a: Sequence[float] | np.ndarray,
     b: Sequence[float] | np.ndarray,

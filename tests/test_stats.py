@@ -50,6 +50,21 @@ def test_mcnemar_equals_brute_force_binomial():
     assert (r["a_only"], r["b_only"]) == (0, 6) and r["p_value"] == pytest.approx(1 / 32)
 
 
+def test_mcnemar_bounds_cover_every_pairing_of_the_marginals():
+    n, k_a, k_b = 12, 7, 4
+    a = [1] * k_a + [0] * (n - k_a)
+    seen = []
+    for ones in itertools.combinations(range(n), k_b):  # every pairing of the marginals
+        b = [int(i in ones) for i in range(n)]
+        seen.append(stats.mcnemar(a, b)["p_value"])
+    lo, hi = stats.mcnemar_bounds(k_a, k_b, n)
+    assert lo == pytest.approx(min(seen)) and hi == pytest.approx(max(seen))
+    # one method at 0: the table is determined, the bounds coincide with the exact test
+    assert stats.mcnemar_bounds(0, 26, 36) == pytest.approx((2 / 2**26, 2 / 2**26))
+    with pytest.raises(ValueError, match="k_a, k_b"):
+        stats.mcnemar_bounds(5, 1, 4)
+
+
 def test_bootstrap_mean_matches_brute_force_percentiles():
     x = np.random.default_rng(0).exponential(size=40)
     r = stats.bootstrap_mean(x, seed=1)

@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[DEBUG_ENV] = "1"
     parser = build_parser()
     args = parser.parse_args(argv)
+    from kfac_mem.aot import quiet_absent_tpu
+
+    quiet_absent_tpu()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

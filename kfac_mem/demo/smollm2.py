@@ -123,21 +123,34 @@ def _windows(ids_list: list[list[int]], length: int) -> np.ndarray:
     return ids[: len(ids) // length * length].reshape(-1, length)
 
 
-def smol_data(c: SmolDemoConfig, tok, eos: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
-    """Disjoint slices of the shuffled LAMBADA passages: (passages to memorize [n_memorized] of
-    prefix+suffix tokens, general text ids (fine-tuning filler, factor corpus, retain set),
-    held-out windows [N, seq_len] (perplexity, nDCG))."""
-    rng = random.Random(c.seed)
+def smol_passages(seed: int, n_memorized: int) -> dict[str, list[str]]:
+    """The demo's disjoint slices of the LAMBADA passages, shuffled by `seed`: `candidates` (the
+    first 3 × n_memorized; the first n_memorized of at least prefix+suffix tokens are memorized),
+    `general` (the next 1500: fine-tuning filler, factor corpus, retain set) and `heldout` (the
+    last 300: perplexity, nDCG)."""
     lambada = list(all_passages()["lambada"])
-    rng.shuffle(lambada)
+    random.Random(seed).shuffle(lambada)
+    n = 3 * n_memorized
+    return {
+        "candidates": lambada[:n],
+        "general": lambada[n : n + 1500],
+        "heldout": lambada[-300:],
+    }
+
+
+def smol_data(c: SmolDemoConfig, tok, eos: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """Token ids of `smol_passages`: (passages to memorize [n_memorized] of prefix+suffix tokens,
+    general text ids, held-out windows [N, seq_len]); documents end with EOS."""
+    texts = smol_passages(c.seed, c.n_memorized)
     encode = lambda t: tok.encode(t, add_special_tokens=False).ids  # noqa: E731
     window = c.prefix_len + c.suffix_len
-    mem_windows = [
-        w[:window] for w in (encode(p) for p in lambada[: 3 * c.n_memorized]) if len(w) >= window
-    ][: c.n_memorized]
-    general = [[*encode(p), eos] for p in lambada[3 * c.n_memorized : 3 * c.n_memorized + 1500]]
-    general_ids = np.concatenate([np.asarray(g, np.int32) for g in general])
-    heldout = _windows([[*encode(p), eos] for p in lambada[-300:]], c.seq_len)
+    mem_windows = [w[:window] for w in map(encode, texts["candidates"]) if len(w) >= window][
+        : c.n_memorized
+    ]
+    general_ids = np.concatenate(
+        [np.asarray([*encode(p), eos], np.int32) for p in texts["general"]]
+    )
+    heldout = _windows([[*encode(p), eos] for p in texts["heldout"]], c.seq_len)
     return mem_windows, general_ids, heldout
 
 
