@@ -217,7 +217,7 @@ def _collect(
         if done > n_windows:
             manager.close()
             how = (
-                f" (`max_tokens` >= {done * windows.seq_len} for `load_windows`)"
+                f" (`max_tokens` >= {done * windows.seq_len})"
                 if isinstance(windows, Windows)
                 else ""
             )
