@@ -249,9 +249,18 @@ def mcnemar(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) -> d
     if not (_binary(x) and _binary(y)):
         raise ValueError("McNemar needs 0/1 outcomes.")
     a_only, b_only = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    return {
+        "n": int(x.size),
+        "a_only": a_only,
+        "b_only": b_only,
+        "p_value": _mcnemar_p(a_only, b_only),
+    }
+
+
+def _mcnemar_p(a_only: int, b_only: int) -> float:
+    """Two-sided exact binomial test of a_only among the a_only + b_only discordant pairs."""
     d = a_only + b_only
-    p = 1.0 if d == 0 else float(_st.binomtest(a_only, d, 0.5).pvalue)
-    return {"n": int(x.size), "a_only": a_only, "b_only": b_only, "p_value": p}
+    return 1.0 if d == 0 else float(_st.binomtest(a_only, d, 0.5).pvalue)
 
 
 def mcnemar_bounds(k_a: int, k_b: int, n: int) -> tuple[float, float]:
@@ -262,11 +271,10 @@ def mcnemar_bounds(k_a: int, k_b: int, n: int) -> tuple[float, float]:
     """
     if not (0 <= k_a <= n and 0 <= k_b <= n):
         raise ValueError(f"McNemar bounds need 0 <= k_a, k_b <= n, got {k_a}, {k_b}, {n}.")
-    ps = []
-    for a_only in range(max(0, k_a - k_b), min(k_a, n - k_b) + 1):
-        b_only = k_b - (k_a - a_only)
-        d = a_only + b_only
-        ps.append(1.0 if d == 0 else float(_st.binomtest(a_only, d, 0.5).pvalue))
+    ps = [
+        _mcnemar_p(a_only, k_b - (k_a - a_only))
+        for a_only in range(max(0, k_a - k_b), min(k_a, n - k_b) + 1)
+    ]
     return min(ps), max(ps)
 
 
