@@ -8,7 +8,7 @@ Per method and memorized set: extraction by any attack (exact and loose, Wilson 
 strongest single attack, log p(true suffix) edited − unedited, membership inference (min-k% AUC
 with its bootstrap interval, and the best TPR at 1% FPR), and recitation after relearning on
 clean text and on a disjoint memorized subset (the last checkpoint). Then, for every pair of
-methods, exact McNemar on the same rows: on "exact, any attack" from the per-example outcomes
+methods, exact McNemar on the same rows (relearning at the last checkpoint both audits have): on "exact, any attack" from the per-example outcomes
 (examples/<set>.jsonl); on relearning, where per-example outcomes are not kept, the bounds over
 every pairing the two rates allow (`stats.mcnemar_bounds`; exact when a method is at 0 or n).
 Audits are paired only when they read the same memorized sets (same rows).
@@ -38,12 +38,16 @@ def load(path: str) -> dict:
     return r
 
 
-def last_point(r: dict, condition: str, name: str) -> tuple[int, dict] | None:
-    c = r.get("relearning", {}).get(condition, {})
-    if not c.get("curve"):
-        return None
-    point = c["curve"][-1]
-    return point["step"], point["recitation"][name]["exact"]
+def relearned(r: dict, condition: str, name: str, step: int | None = None):
+    """(step, exact recitation of set `name`) after relearning under `condition`: at `step`, or at
+    the last checkpoint; None when the audit has no such point."""
+    curve = r.get("relearning", {}).get(condition, {}).get("curve", [])
+    points = [p for p in curve if step is None or p["step"] == step]
+    return (points[-1]["step"], points[-1]["recitation"][name]["exact"]) if points else None
+
+
+def steps(r: dict, condition: str) -> set[int]:
+    return {p["step"] for p in r.get("relearning", {}).get(condition, {}).get("curve", [])}
 
 
 def p_text(lo: float, hi: float) -> str:
@@ -78,7 +82,7 @@ def main(pairs: list[str]) -> None:
             )
             cells = []
             for cond in ("clean", "memorized_subset"):
-                pt = last_point(r, cond, name)
+                pt = relearned(r, cond, name)
                 cells.append(f"{fmt_pct(pt[1])} (n = {pt[1]['n']}, {pt[0]} steps)" if pt else "–")
             print(
                 f"| {label} | {name} (n = {res['n']}) | {fmt_pct(aa['exact'])} | "
@@ -98,13 +102,14 @@ def main(pairs: list[str]) -> None:
             x, y = a["any_exact"][name], b["any_exact"][name]
             test = mcnemar(x, y)
             cells = [f"{sum(x)}/{len(x)} vs {sum(y)}/{len(y)}, p = {test['p_value']:.2g}"]
-            pa, pb = (
-                last_point(a, "memorized_subset", name),
-                last_point(b, "memorized_subset", name),
-            )
-            if pa and pb and pa[1]["n"] == pb[1]["n"]:
+            common = steps(a, "memorized_subset") & steps(b, "memorized_subset") - {0}
+            last = max(common, default=None)
+            pa = relearned(a, "memorized_subset", name, last)
+            pb = relearned(b, "memorized_subset", name, last)
+            if common and pa[1]["n"] == pb[1]["n"]:
                 n, ka, kb = pa[1]["n"], pa[1]["k"], pb[1]["k"]
-                cells.append(f"{ka}/{n} vs {kb}/{n}, p = {p_text(*mcnemar_bounds(ka, kb, n))}")
+                p = p_text(*mcnemar_bounds(ka, kb, n))
+                cells.append(f"{ka}/{n} vs {kb}/{n} after {last} steps, p = {p}")
             else:
                 cells.append("–")
             print(f"| {la} − {lb} | {name} | {cells[0]} | {cells[1]} |")
