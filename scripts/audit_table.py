@@ -8,8 +8,8 @@ Per method and memorized set: extraction by any attack (exact and loose, Wilson 
 strongest single attack, log p(true suffix) edited − unedited, membership inference (min-k% AUC
 with its bootstrap interval, and the best TPR at 1% FPR), and recitation after relearning on
 clean text and on a disjoint memorized subset (the last checkpoint). Then, for every pair of
-methods, exact McNemar on the same rows (relearning at the last checkpoint both audits have): on "exact, any attack" from the per-example outcomes
-(examples/<set>.jsonl); on relearning, where per-example outcomes are not kept, the bounds over
+methods, exact McNemar on the same rows: on "exact, any attack" from the per-example outcomes
+(examples/<set>.jsonl); on relearning (at the last checkpoint both audits have), where per-example outcomes are not kept, the bounds over
 every pairing the two rates allow (`stats.mcnemar_bounds`; exact when a method is at 0 or n).
 Audits are paired only when they read the same memorized sets (same rows).
 """
@@ -38,16 +38,10 @@ def load(path: str) -> dict:
     return r
 
 
-def relearned(r: dict, condition: str, name: str, step: int | None = None):
-    """(step, exact recitation of set `name`) after relearning under `condition`: at `step`, or at
-    the last checkpoint; None when the audit has no such point."""
-    curve = r.get("relearning", {}).get(condition, {}).get("curve", [])
-    points = [p for p in curve if step is None or p["step"] == step]
-    return (points[-1]["step"], points[-1]["recitation"][name]["exact"]) if points else None
-
-
-def steps(r: dict, condition: str) -> set[int]:
-    return {p["step"] for p in r.get("relearning", {}).get(condition, {}).get("curve", [])}
+def curve(r: dict, condition: str) -> dict[int, dict]:
+    """Relearning checkpoints of one condition: step -> recitation per set ({} when not run)."""
+    points = r.get("relearning", {}).get(condition, {}).get("curve", [])
+    return {p["step"]: p["recitation"] for p in points}
 
 
 def p_text(lo: float, hi: float) -> str:
@@ -82,8 +76,10 @@ def main(pairs: list[str]) -> None:
             )
             cells = []
             for cond in ("clean", "memorized_subset"):
-                pt = relearned(r, cond, name)
-                cells.append(f"{fmt_pct(pt[1])} (n = {pt[1]['n']}, {pt[0]} steps)" if pt else "–")
+                points = curve(r, cond)
+                last = max(points, default=None)
+                exact = points[last][name]["exact"] if points else None
+                cells.append(f"{fmt_pct(exact)} (n = {exact['n']}, {last} steps)" if exact else "–")
             print(
                 f"| {label} | {name} (n = {res['n']}) | {fmt_pct(aa['exact'])} | "
                 f"{fmt_pct(aa['loose'])} | {strongest} | {logp} | {auc} | "
@@ -98,16 +94,16 @@ def main(pairs: list[str]) -> None:
     for (la, a), (lb, b) in itertools.combinations(runs.items(), 2):
         if a["memorized_files"] != b["memorized_files"]:
             continue
+        ca, cb = curve(a, "memorized_subset"), curve(b, "memorized_subset")
+        last = max(set(ca) & set(cb) - {0}, default=None)  # the last checkpoint both have
         for name in sets:
             x, y = a["any_exact"][name], b["any_exact"][name]
             test = mcnemar(x, y)
             cells = [f"{sum(x)}/{len(x)} vs {sum(y)}/{len(y)}, p = {test['p_value']:.2g}"]
-            common = steps(a, "memorized_subset") & steps(b, "memorized_subset") - {0}
-            last = max(common, default=None)
-            pa = relearned(a, "memorized_subset", name, last)
-            pb = relearned(b, "memorized_subset", name, last)
-            if common and pa[1]["n"] == pb[1]["n"]:
-                n, ka, kb = pa[1]["n"], pa[1]["k"], pb[1]["k"]
+            ea = ca[last][name]["exact"] if last is not None else None
+            eb = cb[last][name]["exact"] if last is not None else None
+            if ea and ea["n"] == eb["n"]:
+                n, ka, kb = ea["n"], ea["k"], eb["k"]
                 p = p_text(*mcnemar_bounds(ka, kb, n))
                 cells.append(f"{ka}/{n} vs {kb}/{n} after {last} steps, p = {p}")
             else:
